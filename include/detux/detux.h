@@ -1,0 +1,217 @@
+/*
+ * detux.h: the deterministic kernel interface of detux.
+ *
+ * A deterministic program runs as a tree of *spaces*.  A space is a Linux
+ * process that sees only its own private memory and can make exactly three
+ * calls: Put (dput), Get (dget) and Ret (dret).  Every other Linux system
+ * call faults the space.  The root of the tree is the *master*: an ordinary
+ * Linux process with full access, the only place where real I/O happens.
+ * This is the model of Determinator (Aviram et al., OSDI 2010) with the
+ * names of Cotter's deterministic Linux (dput/dget/dret).
+ *
+ * Children are named by their parent with small integers (det_child_t) that
+ * the parent chooses; the system names nothing.  A space can talk only to its
+ * parent (by Ret) and to its own children (by Put and Get).
+ *
+ *   Put  (dput)  parent -> child: registers, memory copies, snapshots, start.
+ *   Get  (dget)  child -> parent: registers, memory copies, merges, status.
+ *   Ret  (dret)  a child stops and hands control back to its parent.
+ *
+ * Put and Get on a running child block until that child stops: by Ret, by
+ * exiting, or by a fault (a fault is an implicit Ret; see DET_S_FAULTED).
+ *
+ * The same calls work in the master and in spaces.  An ordinary process
+ * becomes master on its first detux call (or explicitly, det_become_master).
+ *
+ * ERRORS.  Every call returns a negative number on failure: either -errno
+ * (EINVAL, EFAULT, ESRCH, EEXIST, EPERM, ENOMEM, ETIMEDOUT, EINTR) or one of
+ * the -DET_E* codes below.  Errors that depend only on the caller's own
+ * arguments and the tree's state are deterministic.  A call whose op or flag
+ * bits are undefined is not an error but a fault of the calling space
+ * (DET_FAULT_BADCALL); in the master it returns -EINVAL.
+ *
+ * Thread safety: the master's detux calls must come from one thread (the one
+ * that became master).  A space is always single-threaded.
+ */
+#ifndef DETUX_DETUX_H
+#define DETUX_DETUX_H
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A child's name, chosen by its parent: 0 .. DET_CHILD_MAX. */
+typedef unsigned long det_child_t;
+#define DET_CHILD_MAX 0xffffUL
+
+/* ---- Flags for dput and dget ------------------------------------------- */
+
+/* Registers: addr points to a struct det_regs, size = sizeof(struct
+ * det_regs).  Put sets the child's registers, Get reads them.  May be
+ * combined with DET_SNAP, DET_START (Put) only: addr/size are the regs. */
+#define DET_REGS 0x0001UL
+/* Copy size bytes: Put copies the caller's [addr, addr+size) to the child's
+ * [child_addr, ...), Get copies the child's [child_addr, ...) to the caller's
+ * [addr, ...).  Any offsets and sizes.  Destination pages that are not mapped
+ * are mapped read-write first (counted against the memory limit). */
+#define DET_COPY 0x0002UL
+/* Zero a range.  Put: the child's [child_addr, +size).  Get: the caller's own
+ * [addr, +size) (Determinator: memory allocation is Get/Zero on oneself).
+ * Whole pages become fresh zero pages (read-write, or the DET_PROT_* bits if
+ * DET_PERM is also given); partial end pages must be mapped and writable. */
+#define DET_ZERO 0x0004UL
+/* Snapshot (Put only): after any copy, the child's whole memory is frozen
+ * as its reference image for a later Get with DET_MERGE. */
+#define DET_SNAP 0x0008UL
+/* Merge (Get only): three-way merge of the child's [addr, +size) (same
+ * address in both; child_addr must equal addr or be NULL) into the caller,
+ * against the child's snapshot.  Bytes changed only in the child are copied
+ * to the caller, bytes changed only in the caller stay, bytes changed on
+ * both sides are a conflict.  On conflict NOTHING is written: the caller's
+ * memory is exactly as before the call, dget returns -DET_ECONFLICT, and
+ * the child's status reports the lowest conflicting address (the same on
+ * every run).  The child needs a snapshot (else -EINVAL). */
+#define DET_MERGE 0x0010UL
+/* Permissions on page-aligned ranges (else -EINVAL).  Put: the child's
+ * [child_addr, +size); Get: the caller's own [addr, +size).  Mapped pages
+ * get the DET_PROT_* bits; unmapped pages, if any bit is given, become fresh
+ * zero pages with those bits (counted against the memory limit). */
+#define DET_PERM 0x0020UL
+/* Start (Put only): after everything else, let the child run. */
+#define DET_START 0x0040UL
+/* Kill (Put only): kill the child and its whole subtree and forget it.  Not
+ * combinable with anything else.  Killing an absent child is not an error. */
+#define DET_KILL 0x0080UL
+/* Status (Get only): addr points to a struct det_status (size = its size).
+ * Waits until the child stops unless DET_DONT_WAIT. */
+#define DET_STATUS 0x0100UL
+/* Exclusive create (Put only): the child must not exist yet (else -EEXIST). */
+#define DET_FORK 0x0200UL
+/* Master only (-EPERM in a space): do not block on a running child.  With
+ * DET_STATUS it polls; with anything else a running child gives -EAGAIN. */
+#define DET_DONT_WAIT 0x0400UL
+
+#define DET_PROT_READ 0x1000UL
+#define DET_PROT_WRITE 0x2000UL
+#define DET_PROT_EXEC 0x4000UL
+
+/* A Put on a child that does not exist creates it as a copy-on-write copy
+ * of the caller, stopped at this very call (as in the thesis).  When it is
+ * later started without DET_REGS, its dput returns DET_CHILD while the
+ * caller's dput returned 0.  This is how dfork works. */
+#define DET_CHILD 1
+
+/* ---- Errors (returned negated) ----------------------------------------- */
+#define DET_ECONFLICT 1001 /* merge conflict; see det_status.conflict_addr */
+#define DET_EFAULTED 1002  /* djoin: the child faulted; nothing merged */
+#define DET_EEXITED 1003   /* djoin: the child exited non-zero; nothing merged */
+#define DET_ELIMIT 1004    /* space quota exhausted (deterministic) */
+#define DET_ENOTSPACE 1005 /* det_* master-only call made in a space */
+
+/* Human-readable text for any value returned by a detux call. */
+const char *det_strerror(long err);
+
+/* ---- Registers --------------------------------------------------------- */
+struct det_regs {
+  uint64_t rax, rbx, rcx, rdx, rsi, rdi, rbp, rsp;
+  uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
+  uint64_t rip, rflags; /* Put keeps only the user flags CF PF AF ZF SF DF OF */
+  uint64_t fs_base, gs_base;
+  uint8_t fxsave[512] __attribute__((aligned(16))); /* x87, MXCSR, XMM0-15 */
+};
+
+/* ---- Status ------------------------------------------------------------ */
+enum det_state {
+  DET_S_ABSENT = 0,  /* no such child */
+  DET_S_RUNNING = 1, /* started and not stopped (only seen with DONT_WAIT) */
+  DET_S_STOPPED = 2, /* created and never started, or stopped in dret() */
+  DET_S_EXITED = 3,  /* called exit(code); memory still inspectable */
+  DET_S_FAULTED = 4, /* fault: see fault, signal, addr, syscall */
+};
+enum det_fault {
+  DET_FAULT_NONE = 0,
+  DET_FAULT_SIGNAL = 1,  /* a processor fault or kill: signal, addr */
+  DET_FAULT_SYSCALL = 2, /* a refused Linux system call: syscall */
+  DET_FAULT_BADCALL = 3, /* a detux call with undefined op or flag bits */
+};
+struct det_status {
+  int32_t state;         /* enum det_state */
+  int32_t exit_code;     /* DET_S_EXITED: the exit code */
+  int32_t fault;         /* enum det_fault when DET_S_FAULTED */
+  int32_t signal;        /* DET_FAULT_SIGNAL: the signal number */
+  uint64_t addr;         /* DET_FAULT_SIGNAL: fault address (si_addr) */
+  int64_t syscall;       /* DET_FAULT_SYSCALL: the refused number; bit 32
+                            set if it came through the 32-bit int 0x80 ABI */
+  int32_t conflict;      /* 1 if the last merge from this child conflicted */
+  int32_t reserved;
+  uint64_t conflict_addr; /* the lowest conflicting address */
+};
+
+/* ---- The three calls --------------------------------------------------- */
+long dput(det_child_t child, unsigned long flags, void *addr, size_t size,
+          void *child_addr);
+long dget(det_child_t child, unsigned long flags, void *addr, size_t size,
+          void *child_addr);
+/* Stop and hand control to the parent.  Returns when the parent starts this
+ * space again.  In the master it does nothing. */
+void dret(void);
+
+/* ---- Conveniences built on the three calls ----------------------------- */
+
+/* Like fork(): creates `child` as a copy-on-write snapshot of the caller,
+ * already started.  Returns 0 in the new child and 1 in the caller, or a
+ * negative error (-EEXIST if `child` is in use). */
+int dfork(det_child_t child);
+
+/* Wait until `child` stops, merge its changes to the program's shared memory
+ * (every writable segment of the main executable: data and bss; never
+ * stacks, the malloc heap of glibc, or detux's own state) into the caller,
+ * and kill and forget the child.  A child that stopped in dret() or exited
+ * with code 0 is merged.  Returns 0, -DET_ECONFLICT (nothing merged),
+ * -DET_EFAULTED or -DET_EEXITED (nothing merged), or another -errno.
+ * djoin_status also reports the child's last status (may be NULL). */
+int djoin(det_child_t child);
+int djoin_status(det_child_t child, struct det_status *status);
+
+/* ---- Master only -------------------------------------------------------- */
+/* Become master explicitly (the first detux call does it implicitly).
+ * Returns 0, or -DET_ENOTSPACE in a space. */
+int det_become_master(void);
+/* 1 in the master, 0 in a space. */
+int det_is_master(void);
+/* Signals in *set end a blocking wait in the master with -EINTR; the signal
+ * is then delivered as usual.  Other signals never interrupt a wait.  NULL
+ * clears the set. */
+int det_allow_signals(const sigset_t *set);
+/* A blocking wait in the master that lasts longer than ms milliseconds
+ * returns -ETIMEDOUT and leaves the child running (0 = wait forever).  This
+ * is the master's own, nondeterministic, defence against a child that never
+ * stops: there is no instruction counter on these machines. */
+int det_set_wait_timeout(long ms);
+
+/* Deterministic limits, set before the first space is created. */
+struct det_limits {
+  /* Space quota: the number of spaces the master's whole tree may hold at
+   * once (default 8192).  Every space has a quota.  Creating a child costs
+   * the creator 1 + the quota it hands the child, which is the integer
+   * square root of the creator's free quota; both come back when the child
+   * is killed.  So a parent can fan out to about sqrt(q) children, each able
+   * to fan out again, and the whole tree never exceeds max_spaces.  Running
+   * out gives -DET_ELIMIT, deterministically: a space's quota depends only
+   * on its own history. */
+  long max_spaces;
+  /* Bytes a space may gain through DET_PERM, DET_ZERO and DET_COPY mappings
+   * over its life (inherited by its children; default 16 GiB).  Beyond
+   * that the call returns -ENOMEM, deterministically. */
+  long max_space_bytes;
+};
+int det_set_limits(const struct det_limits *limits);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

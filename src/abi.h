@@ -1,0 +1,33 @@
+// abi.h: the wire format between a space and the supervisor.
+//
+// A space reaches the supervisor through one Linux system call number that
+// does not exist (DETUX_NR).  The seccomp filter installed in every space
+// sends that number to the tracer (SECCOMP_RET_TRACE with DETUX_SECCOMP_CALL),
+// lets exit and exit_group through, and sends everything else to the tracer
+// marked REFUSED or BADARCH, where it faults the space.  Registers:
+//   rax = DETUX_NR, rdi = op, rsi = child, rdx = flags,
+//   r10 = addr, r8 = size, r9 = child_addr;  result in rax.
+// Only this header is shared by the space-side stubs and the supervisor.
+#pragma once
+
+#include <cstdint>
+
+namespace detux::abi {
+
+inline constexpr long kSyscallNr = 0xde7;  // 3559: far above any Linux call
+
+enum Op : long {
+  kOpPut = 1,
+  kOpGet = 2,
+  kOpRet = 3,
+  kOpBirth = 4,  // a new space created by the master reports for duty
+};
+
+// SECCOMP_RET_DATA values the filter attaches to a traced call.
+enum SeccompData : uint16_t {
+  kSeccompCall = 1,     // a detux call
+  kSeccompBadArch = 2,  // int 0x80 (i386 ABI) or an x32 number
+  kSeccompRefused = 3,  // any other Linux system call
+};
+
+}  // namespace detux::abi

@@ -1,0 +1,72 @@
+// filter.h: the seccomp filter that every space runs under.
+//
+// A space may make exactly one kind of system call: the detux call
+// (abi::kSyscallNr).  Everything else the Linux kernel offers -- clocks,
+// files, signals, mmap, getpid -- is a source of nondeterminism or a way
+// out of the space, so the space must never reach it.  The supervisor
+// traces every space with PTRACE_O_TRACESECCOMP | PTRACE_O_EXITKILL and the
+// space runs under this filter, which sorts each call into one of four
+// bins by (arch, nr) alone (the arguments never matter):
+//
+//   arch != AUDIT_ARCH_X86_64          -> TRACE | abi::kSeccompBadArch
+//     (an `int $0x80` call from 64-bit code arrives as AUDIT_ARCH_I386)
+//   nr has bit 0x40000000 (x32 ABI)    -> TRACE | abi::kSeccompBadArch
+//   nr == abi::kSyscallNr              -> TRACE | abi::kSeccompCall
+//   nr == exit or exit_group           -> ALLOW
+//   anything else                      -> TRACE | abi::kSeccompRefused
+//
+// exit and exit_group are let through so that a space can end itself
+// without a round trip to the tracer; ending is deterministic.  Every other
+// outcome stops the space at a PTRACE_EVENT_SECCOMP stop, where the
+// supervisor reads SECCOMP_RET_DATA with PTRACE_GETEVENTMSG and either
+// serves the detux call or faults the space.
+//
+// The filter is written with libseccomp and exported as a classic BPF
+// program once, in the supervisor, before any fork.  Facts about libseccomp
+// 2.5.4 that this relies on (checked by the tests and, for the policy as a
+// whole, by build_space_filter itself on every build):
+//   * seccomp_rule_add_exact accepts the non-existent number 0xde7 on the
+//     native x86_64 arch and emits a plain `nr == 0xde7` comparison.
+//   * When x32 is not one of the filter's arches, the x86_64 section starts
+//     with `if (nr >= 0x40000000 && nr != -1) goto bad-arch action`, so x32
+//     numbers take SCMP_FLTATR_ACT_BADARCH without any rule of ours (a rule
+//     could not express "bit 30 of nr set" anyway: libseccomp rules compare
+//     arguments, not the number).  nr == -1 falls to the default action.
+// Because those are implementation details of libseccomp, build_space_filter
+// runs the exported program through evaluate_filter on a sweep of inputs and
+// throws if any answer differs from the policy above.
+//
+// install_filter runs in a freshly forked child of a process that may have
+// had other threads: it must not allocate, take locks, or touch anything
+// but the already-built program and two system calls.
+#pragma once
+
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace detux::confine {
+
+// Builds the space filter (see above) as a classic BPF program.  Throws
+// std::runtime_error / std::system_error if libseccomp fails or the
+// exported program does not implement the policy.
+std::vector<sock_filter> build_space_filter();
+
+// Installs `prog` as the calling thread's seccomp filter: PR_SET_NO_NEW_PRIVS
+// and then the raw seccomp(SECCOMP_SET_MODE_FILTER) system call.  Returns 0,
+// or -errno (-EINVAL for an empty program or one longer than BPF_MAXINSNS).
+// Allocates nothing; safe between fork and exec/the first detux call.
+// Once it returns 0 the very next system call is already filtered.
+long install_filter(const std::vector<sock_filter>& prog);
+
+// A reference interpreter for classic BPF seccomp programs: the action
+// (SECCOMP_RET_*) that `prog` returns for `data`.  Anything the kernel would
+// refuse to run (a bad opcode, a load outside seccomp_data, a jump past the
+// end, falling off the end) yields SECCOMP_RET_KILL_PROCESS, which the space
+// filter never returns.  Used to check the exported filter without a kernel.
+uint32_t evaluate_filter(const std::vector<sock_filter>& prog,
+                         const seccomp_data& data);
+
+}  // namespace detux::confine

@@ -1,0 +1,75 @@
+// kernel.h: the semantics of Put, Get and Ret, independent of mechanism.
+//
+// The kernel owns the space tree and decides, for every call from the master
+// or from a space, what happens and in which order (Determinator's do_put
+// and do_get): create the child if absent, wait until it is stopped, then
+// registers, copy or zero, permissions, snapshot, start; for Get: registers,
+// copy or merge, status, and zero or permissions on the caller itself.
+// Waiting differs by caller: the master blocks here, running the event loop
+// that serves every space; a space is simply left stopped with its call
+// pending until the child stops.
+#pragma once
+
+#include <csignal>
+#include <unordered_map>
+
+#include "kernel/machine.h"
+#include "kernel/space.h"
+
+namespace detux {
+
+class Kernel {
+ public:
+  explicit Kernel(Machine& machine);
+  ~Kernel();
+
+  // A call made by the master.
+  long master_call(const Call& c);
+
+  void set_timeout(long ms) { timeout_ms_ = ms; }
+  void set_allowed_signals(const sigset_t* set);
+  Status set_limits(const det_limits& limits);
+  void set_trace(bool on) { trace_ = on; }
+
+ private:
+  static constexpr long kBlocked = 1L << 62;  // the caller waits; no result yet
+
+  long call(Space& caller, const Call& c);
+  long put(Space& caller, const Call& c);
+  long get(Space& caller, const Call& c);
+  long ret(Space& caller);
+  long act_on_stopped(Space& caller, Space& child, const Call& c);
+  long do_put(Space& caller, Space& child, const Call& c);
+  long do_get(Space& caller, Space& child, const Call& c);
+
+  Result<Space*> create_child(Space& caller, det_child_t id);
+  void kill_child(Space& parent, det_child_t id);
+  void forget_subtree(Space& s);
+  long wait_stopped(Space& child);
+
+  void handle(const StopEvent& ev);
+  void on_stop(Space& s);
+  void fault(Space& s, int kind, int signal, uint64_t addr, int64_t syscall);
+  void finish(Space& caller, long result);
+
+  // memops.cc
+  long copy_range(Space& from, uint64_t src, Space& to, uint64_t dst, uint64_t len);
+  long zero_range(Space& s, uint64_t addr, uint64_t len, unsigned long flags);
+  long perm_range(Space& s, uint64_t addr, uint64_t len, unsigned long flags);
+  long merge_range(Space& parent, Space& child, uint64_t addr, uint64_t len);
+  long gain(Space& s, uint64_t bytes);
+
+  void log_call(const Space& caller, const Call& c, long result) const;
+  void log_stop(const Space& s) const;
+
+  Machine& m_;
+  Space root_;
+  std::unordered_map<Proc*, Space*> by_proc_;
+  long timeout_ms_ = 0;
+  sigset_t allowed_{};
+  bool have_allowed_ = false;
+  long max_space_bytes_ = 16L << 30;
+  bool trace_ = false;
+};
+
+}  // namespace detux

@@ -1,0 +1,107 @@
+// machine.h: the seam between detux's semantics and its mechanism.
+//
+// The kernel (kernel.cc) decides what Put, Get and Ret mean: the tree, the
+// waiting, the order of operations, the merge rule, the limits.  A Machine
+// does the work on real processes: it makes and kills spaces, resumes and
+// stops them, reads and writes their memory and registers, and reports when
+// a space stops and why.  The stock-Linux machine is PtraceMachine (ptrace,
+// seccomp, /proc/PID/pagemap, process_vm_readv/writev); an in-kernel
+// backend is meant to implement the same interface and reuse the kernel and
+// the tests unchanged.
+//
+// A space is named to the machine by an opaque Proc*.  The master is a Proc
+// too (master() below): memory operations on it act on the calling process.
+#pragma once
+
+#include <detux/detux.h>
+#include <signal.h>
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "util/result.h"
+
+namespace detux {
+
+struct Proc;  // the machine's handle for one space (or the master)
+
+// Why a space stopped.
+struct StopEvent {
+  enum Kind {
+    kCall,   // it made a detux call (args below)
+    kFault,  // fault: fault/signal/addr/syscall below
+    kExited, // it called exit(code); still inspectable
+    kGone,   // the process is gone (killed from outside, or reaped)
+  } kind = kCall;
+  Proc* proc = nullptr;
+  // kCall
+  long op = 0, flags = 0;
+  unsigned long child = 0;
+  uint64_t addr = 0, size = 0, child_addr = 0;
+  // kFault / kExited / kGone
+  int fault = DET_FAULT_NONE;
+  int signal = 0;
+  uint64_t fault_addr = 0;
+  int64_t syscall = 0;
+  int exit_code = 0;
+};
+
+// How the master waits: its own (nondeterministic) timeout and signals.
+struct WaitPolicy {
+  long timeout_ms = 0;          // 0 = forever
+  const sigset_t* allowed = nullptr;  // signals that end the wait
+};
+
+struct MemRange {
+  uint64_t start = 0, len = 0;
+  uint64_t end() const { return start + len; }
+};
+
+class Machine {
+ public:
+  virtual ~Machine() = default;
+
+  virtual Proc* master() = 0;
+  // A new space, a copy-on-write copy of `parent` (stopped at a call, or the
+  // master), stopped, with the registers of the parent's current call and
+  // DET_CHILD as that call's result.
+  virtual Result<Proc*> fork_space(Proc* parent) = 0;
+  // Take a frozen snapshot of `p`'s whole memory (replacing any old one).
+  virtual Status snapshot(Proc* p) = 0;
+  virtual bool has_snapshot(Proc* p) = 0;
+  // Kill the process (and its snapshot) and free the handle.
+  virtual void destroy(Proc* p) = 0;
+
+  // Resume a stopped space.  If it is stopped at a call, `result` is that
+  // call's return value.
+  virtual Status resume(Proc* p, long result) = 0;
+  // Wait for the next stop of any space.  Result error: -ETIMEDOUT, -EINTR.
+  virtual Result<StopEvent> next_event(const WaitPolicy& policy) = 0;
+
+  virtual Status get_regs(Proc* p, det_regs* out) = 0;
+  virtual Status set_regs(Proc* p, const det_regs& in) = 0;
+
+  // Memory of a stopped space (or the master).  Bad ranges: -EFAULT.
+  virtual Status read(Proc* p, uint64_t addr, void* buf, size_t len) = 0;
+  virtual Status write(Proc* p, uint64_t addr, const void* buf, size_t len) = 0;
+  // Page-aligned.  Map fresh zero pages over [start, end) with prot.
+  virtual Status map_zero(Proc* p, MemRange r, int prot) = 0;
+  // Page-aligned.  Change protection of mapped pages; fill unmapped holes
+  // with zero pages if prot != 0.  Returns the bytes newly mapped.
+  virtual Result<uint64_t> protect(Proc* p, MemRange r, int prot) = 0;
+  // Page-aligned.  Unmapped parts of r (for auto-mapping).
+  virtual Result<std::vector<MemRange>> holes(Proc* p, MemRange r) = 0;
+  // Pages of r (page addresses, ascending) that may differ from p's
+  // snapshot.  A superset of the changed pages; never misses one.
+  virtual Result<std::vector<uint64_t>> dirty_pages(Proc* p, MemRange r) = 0;
+  // Read whole pages (ascending page addresses) into out, 4096 bytes each.
+  // From p's snapshot (snapshot=true) pages it lacks read as zeros; from
+  // its live memory an unreadable page is -EFAULT.
+  virtual Status read_pages(Proc* p, bool snapshot,
+                            std::span<const uint64_t> pages, uint8_t* out) = 0;
+  virtual Status write_pages(Proc* p, std::span<const uint64_t> pages,
+                             const uint8_t* data) = 0;
+};
+
+}  // namespace detux

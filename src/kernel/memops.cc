@@ -1,0 +1,202 @@
+// memops.cc: Copy, Zero, Perm and Merge on ranges of two spaces' memory.
+//
+// Ranges are arbitrary byte ranges except where pages are the unit (Perm,
+// and the whole pages Zero replaces).  A range that wraps or leaves user
+// space is -EINVAL; one that touches memory that is not there is -EFAULT.
+// Memory a space gains (mapping holes) counts against its limit before any
+// change is made, so hitting the limit changes nothing.
+#include <errno.h>
+#include <fmt/core.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "kernel/kernel.h"
+#include "merge/merge.h"
+
+namespace detux {
+
+namespace {
+
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t kUserTop = 0x7ffffffff000ULL;
+constexpr uint64_t kChunk = 16 << 20;  // bytes moved per step of a copy
+
+bool bad_range(uint64_t addr, uint64_t len) {
+  return len > 0 && (addr + len < addr || addr + len > kUserTop);
+}
+uint64_t page_down(uint64_t a) { return a & ~(kPage - 1); }
+uint64_t page_up(uint64_t a) { return (a + kPage - 1) & ~(kPage - 1); }
+
+int prot_bits(unsigned long flags) {
+  return ((flags & DET_PROT_READ) ? PROT_READ : 0) | ((flags & DET_PROT_WRITE) ? PROT_WRITE : 0) |
+         ((flags & DET_PROT_EXEC) ? PROT_EXEC : 0);
+}
+
+}  // namespace
+
+long Kernel::gain(Space& s, uint64_t bytes) {
+  if (s.is_master || bytes == 0) return 0;
+  if (s.bytes_gained + bytes > static_cast<uint64_t>(max_space_bytes_)) return -ENOMEM;
+  s.bytes_gained += bytes;
+  return 0;
+}
+
+long Kernel::copy_range(Space& from, uint64_t src, Space& to, uint64_t dst, uint64_t len) {
+  if (len == 0) return 0;
+  if (bad_range(src, len) || bad_range(dst, len)) return -EINVAL;
+  // Destination pages that are not mapped become read-write zero pages.
+  MemRange span{page_down(dst), page_up(dst + len) - page_down(dst)};
+  auto gaps = m_.holes(to.proc, span);
+  if (!gaps.ok()) return gaps.err();
+  uint64_t missing = 0;
+  for (const MemRange& h : *gaps) missing += h.len;
+  if (long g = gain(to, missing); g < 0) return g;
+  for (const MemRange& h : *gaps) {
+    Status s = m_.map_zero(to.proc, h, PROT_READ | PROT_WRITE);
+    if (!s.ok()) return s.err();
+  }
+  std::vector<uint8_t> buf(std::min(len, kChunk));
+  for (uint64_t off = 0; off < len; off += kChunk) {
+    uint64_t n = std::min(kChunk, len - off);
+    if (!m_.read(from.proc, src + off, buf.data(), n).ok()) return -EFAULT;
+    if (!m_.write(to.proc, dst + off, buf.data(), n).ok()) return -EFAULT;
+  }
+  return 0;
+}
+
+long Kernel::zero_range(Space& s, uint64_t addr, uint64_t len, unsigned long flags) {
+  if (len == 0) return 0;
+  if (bad_range(addr, len)) return -EINVAL;
+  uint64_t first = page_up(addr), last = page_down(addr + len);
+  int prot = (flags & DET_PERM) ? prot_bits(flags) : PROT_READ | PROT_WRITE;
+  std::vector<uint8_t> zeros(kPage, 0);
+  // Partial pages at the ends: written with zeros (must be mapped, writable).
+  if (first > last) return m_.write(s.proc, addr, zeros.data(), len).ok() ? 0 : -EFAULT;
+  if (addr < first && !m_.write(s.proc, addr, zeros.data(), first - addr).ok()) return -EFAULT;
+  if (addr + len > last && !m_.write(s.proc, last, zeros.data(), addr + len - last).ok())
+    return -EFAULT;
+  if (first == last) return 0;
+  MemRange whole{first, last - first};
+  auto gaps = m_.holes(s.proc, whole);
+  if (!gaps.ok()) return gaps.err();
+  uint64_t missing = 0;
+  for (const MemRange& h : *gaps) missing += h.len;
+  if (long g = gain(s, missing); g < 0) return g;
+  Status st = m_.map_zero(s.proc, whole, prot);
+  return st.ok() ? 0 : st.err();
+}
+
+long Kernel::perm_range(Space& s, uint64_t addr, uint64_t len, unsigned long flags) {
+  if (len == 0) return 0;
+  if (bad_range(addr, len) || addr % kPage || len % kPage) return -EINVAL;
+  int prot = prot_bits(flags);
+  MemRange r{addr, len};
+  if (prot != 0) {
+    auto gaps = m_.holes(s.proc, r);
+    if (!gaps.ok()) return gaps.err();
+    uint64_t missing = 0;
+    for (const MemRange& h : *gaps) missing += h.len;
+    if (long g = gain(s, missing); g < 0) return g;
+  }
+  auto added = m_.protect(s.proc, r, prot);
+  return added.ok() ? 0 : added.err();
+}
+
+// Three-way merge of the child's changes since its snapshot into the parent.
+// Every page is merged into a buffer first; the parent is written only when
+// no byte conflicts, so a conflict leaves the parent exactly as it was.
+long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t len) {
+  if (len == 0) return 0;
+  if (bad_range(addr, len)) return -EINVAL;
+  if (!m_.has_snapshot(child.proc)) return -EINVAL;
+  MemRange span{page_down(addr), page_up(addr + len) - page_down(addr)};
+  auto dirty = m_.dirty_pages(child.proc, span);
+  if (!dirty.ok()) return dirty.err();
+  std::vector<uint64_t>& pages = *dirty;
+  if (pages.empty()) return 0;
+  // Pages the parent lacks (the child mapped them) are created in the parent.
+  for (uint64_t pg : pages) {
+    auto gaps = m_.holes(parent.proc, MemRange{pg, kPage});
+    if (!gaps.ok()) return gaps.err();
+    if (gaps->empty()) continue;
+    if (long g = gain(parent, kPage); g < 0) return g;
+    Status s = m_.map_zero(parent.proc, MemRange{pg, kPage}, PROT_READ | PROT_WRITE);
+    if (!s.ok()) return s.err();
+  }
+  size_t n = pages.size();
+  std::vector<uint8_t> mine(n * kPage), theirs(n * kPage), ref(n * kPage);
+  if (Status s = m_.read_pages(child.proc, false, pages, theirs.data()); !s.ok()) return s.err();
+  if (Status s = m_.read_pages(child.proc, true, pages, ref.data()); !s.ok()) return s.err();
+  if (Status s = m_.read_pages(parent.proc, false, pages, mine.data()); !s.ok()) return s.err();
+  std::vector<uint64_t> changed;
+  std::vector<size_t> changed_idx;
+  for (size_t i = 0; i < n; ++i) {
+    uint64_t lo = std::max(pages[i], addr), hi = std::min(pages[i] + kPage, addr + len);
+    size_t off = i * kPage + (lo - pages[i]);
+    merge::Outcome o = merge::merge3(&mine[off], &mine[off], &theirs[off], &ref[off], hi - lo);
+    if (o.conflict) {
+      child.status.conflict = 1;
+      child.status.conflict_addr = lo + o.first_conflict;
+      return -DET_ECONFLICT;
+    }
+    if (o.changed) {
+      changed.push_back(pages[i]);
+      changed_idx.push_back(i);
+    }
+  }
+  std::vector<uint8_t> out(changed.size() * kPage);
+  for (size_t k = 0; k < changed.size(); ++k)
+    std::copy_n(&mine[changed_idx[k] * kPage], kPage, &out[k * kPage]);
+  Status s = m_.write_pages(parent.proc, changed, out.data());
+  return s.ok() ? 0 : s.err();
+}
+
+// ---- Tracing (detux run --trace, or DETUX_TRACE=1) ------------------------
+
+namespace {
+
+std::string flag_names(unsigned long f) {
+  static const std::pair<unsigned long, const char*> names[] = {
+      {DET_REGS, "REGS"},   {DET_COPY, "COPY"},   {DET_ZERO, "ZERO"},     {DET_SNAP, "SNAP"},
+      {DET_MERGE, "MERGE"}, {DET_PERM, "PERM"},   {DET_START, "START"},   {DET_KILL, "KILL"},
+      {DET_STATUS, "STATUS"}, {DET_FORK, "FORK"}, {DET_DONT_WAIT, "DONT_WAIT"},
+      {DET_PROT_READ, "R"}, {DET_PROT_WRITE, "W"}, {DET_PROT_EXEC, "X"}};
+  std::string s;
+  for (auto& [bit, name] : names) {
+    if (!(f & bit)) continue;
+    if (!s.empty()) s += '|';
+    s += name;
+  }
+  return s.empty() ? "0" : s;
+}
+
+const char* space_name(const std::string& path) { return path.empty() ? "master" : path.c_str(); }
+
+}  // namespace
+
+void Kernel::log_call(const Space& caller, const Call& c, long result) const {
+  const char* op = c.op == 1 ? "put" : c.op == 2 ? "get" : "ret";
+  std::string res = result == kBlocked ? std::string("(waits)") : std::to_string(result);
+  fmt::print(stderr, "detux: {} {}({}, {}, {:#x}+{}, {:#x}) = {}\n", space_name(caller.path), op,
+             c.child, flag_names(c.flags), c.addr, c.size, c.child_addr, res);
+}
+
+void Kernel::log_stop(const Space& s) const {
+  const det_status& st = s.status;
+  std::string what;
+  switch (st.state) {
+    case DET_S_STOPPED: what = "ret"; break;
+    case DET_S_EXITED: what = fmt::format("exit({})", st.exit_code); break;
+    case DET_S_FAULTED:
+      if (st.fault == DET_FAULT_SYSCALL) what = fmt::format("fault: refused syscall {}", st.syscall);
+      else if (st.fault == DET_FAULT_BADCALL) what = "fault: bad detux call";
+      else what = fmt::format("fault: signal {} at {:#x}", st.signal, st.addr);
+      break;
+    default: what = "?";
+  }
+  fmt::print(stderr, "detux: {} stops: {}\n", space_name(s.path), what);
+}
+
+}  // namespace detux

@@ -1,0 +1,128 @@
+// birth.cc: the child side of a space made by the master (see birth.h).
+#include "ptrace/birth.h"
+
+#include <asm/prctl.h>
+#include <fcntl.h>
+#include <linux/seccomp.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "abi.h"
+
+namespace detux {
+
+volatile int g_in_space = 0;
+
+namespace {
+
+[[noreturn]] void die(int code) { syscall(SYS_exit_group, code); __builtin_unreachable(); }
+
+// /proc/self/maps, read without malloc.
+char g_maps[1 << 18];
+
+unsigned long parse_hex(const char*& s) {
+  unsigned long v = 0;
+  for (;; ++s) {
+    char c = *s;
+    if (c >= '0' && c <= '9') v = v * 16 + (c - '0');
+    else if (c >= 'a' && c <= 'f') v = v * 16 + (c - 'a' + 10);
+    else return v;
+  }
+}
+
+int prot_of(const char* perms) {
+  return (perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
+         (perms[2] == 'x' ? PROT_EXEC : 0);
+}
+
+// Replace [start, end) by a private anonymous copy with the same contents.
+void privatize(unsigned long start, unsigned long end, int prot) {
+  size_t len = end - start;
+  void* tmp = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (tmp == MAP_FAILED) die(126);
+  if (prot & PROT_READ) std::memcpy(tmp, reinterpret_cast<void*>(start), len);
+  if (mprotect(tmp, len, prot) != 0) die(126);
+  if (mremap(tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void*>(start)) ==
+      MAP_FAILED)
+    die(126);
+}
+
+// One line: "start-end perms offset dev inode   path".
+void sanitize_line(const char* s) {
+  unsigned long start = parse_hex(s);
+  ++s;
+  unsigned long end = parse_hex(s);
+  ++s;
+  const char* perms = s;
+  s += 5;
+  parse_hex(s);  // offset
+  ++s;
+  while (*s != ' ') ++s;  // dev
+  ++s;
+  unsigned long inode = 0;
+  while (*s >= '0' && *s <= '9') inode = inode * 10 + (*s++ - '0');
+  while (*s == ' ') ++s;
+  const char* path = s;
+  if (std::strncmp(path, "[vdso]", 6) == 0 || std::strncmp(path, "[vvar", 5) == 0) {
+    munmap(reinterpret_cast<void*>(start), end - start);
+    return;
+  }
+  if (std::strncmp(path, "[vsyscall]", 10) == 0) return;
+  bool shared = perms[3] == 's';
+  bool writable_file = perms[1] == 'w' && inode != 0;
+  if (shared || writable_file) privatize(start, end, prot_of(perms));
+}
+
+void sanitize_mappings() {
+  int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) die(125);
+  size_t n = 0;
+  for (;;) {
+    ssize_t r = ::read(fd, g_maps + n, sizeof g_maps - 1 - n);
+    if (r < 0) die(125);
+    if (r == 0) break;
+    n += r;
+    if (n == sizeof g_maps - 1) die(125);
+  }
+  close(fd);
+  g_maps[n] = 0;
+  // The maps were read before any change, so changes cannot confuse the walk.
+  for (char* line = g_maps; *line;) {
+    char* nl = std::strchr(line, '\n');
+    if (nl) *nl = 0;
+    sanitize_line(line);
+    if (!nl) break;
+    line = nl + 1;
+  }
+}
+
+}  // namespace
+
+void space_birth(const BirthPlan& plan) {
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) die(120);
+  if (getppid() != plan.master_pid) die(120);
+  if (ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != 0) die(121);
+  syscall(SYS_kill, syscall(SYS_getpid), SIGSTOP);
+  if (plan.pgid == 0 || setpgid(0, plan.pgid) != 0) {
+    if (setpgid(0, 0) != 0) die(122);
+  }
+  sanitize_mappings();
+  syscall(SYS_close_range, 0, ~0U, 0);
+  if (prctl(PR_SET_TSC, PR_TSC_SIGSEGV) != 0) die(123);
+  if (syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) != 0) die(123);
+  g_in_space = 1;
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die(124);
+  if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, plan.filter) != 0) die(124);
+  // From here on only detux calls and exit work.
+  detux_trap(abi::kOpBirth, 0, 0, 0, 0, 0);
+  plan.entry();
+  __builtin_unreachable();
+}
+
+}  // namespace detux

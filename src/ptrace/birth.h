@@ -1,0 +1,38 @@
+// birth.h: how the master makes a space out of itself.
+//
+// fork() in the master gives a child with the master's memory.  Before it
+// runs a single instruction of the program it confines itself, in this
+// order: die with the master (PDEATHSIG), ask to be traced and stop, join
+// the spaces' process group, replace shared and writable file-backed
+// mappings by private anonymous copies, unmap the vDSO, close every file
+// descriptor, make rdtsc and cpuid fault, install the seccomp filter, and
+// report for duty with a kOpBirth call.  When its parent starts it, it jumps
+// back into the dput() that created it (BirthPlan::entry).
+//
+// Everything here runs in a fresh child of a possibly multi-threaded
+// process: no malloc, no locks, only raw system calls.
+#pragma once
+
+#include <linux/filter.h>
+#include <sys/types.h>
+
+namespace detux {
+
+struct BirthPlan {
+  const sock_fprog* filter = nullptr;
+  pid_t master_pid = 0;
+  pid_t pgid = 0;                 // the spaces' process group, or 0
+  void (*entry)() = nullptr;      // [[noreturn]]: back into dput()
+};
+
+// Runs in the child; never returns.
+[[noreturn]] void space_birth(const BirthPlan& plan);
+
+// Set in every space, clear in the master.
+extern volatile int g_in_space;
+
+}  // namespace detux
+
+extern "C" long detux_trap(long op, long child, long flags, long addr,
+                           long size, long child_addr);
+extern "C" char detux_gadget[];

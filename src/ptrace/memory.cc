@@ -1,0 +1,246 @@
+// memory.cc: another process's memory, seen from the supervisor.
+//
+// Bytes move with process_vm_readv/writev (batched, up to IOV_MAX pieces per
+// call); mappings are changed by injecting mmap and mprotect into the space;
+// written pages are found in /proc/PID/pagemap.  Addresses of another
+// process are plain uint64_t here and never dereferenced.
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "ptrace/ptrace_machine.h"
+
+namespace detux {
+
+namespace {
+
+constexpr uint64_t kPage = 4096;
+constexpr uint64_t kPmPresent = 1ULL << 63;
+constexpr uint64_t kPmSwapped = 1ULL << 62;
+constexpr uint64_t kPmExclusive = 1ULL << 56;
+
+struct Vma {
+  uint64_t start, end;
+  bool writable, priv;
+};
+
+// /proc/PID/maps.
+Result<std::vector<Vma>> read_maps(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/maps", pid);
+  FILE* f = std::fopen(path, "re");
+  if (!f) return Err{-ESRCH};
+  std::vector<Vma> out;
+  char line[512];
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long s, e;
+    char perms[8];
+    if (std::sscanf(line, "%lx-%lx %7s", &s, &e, perms) != 3) continue;
+    out.push_back(Vma{s, e, perms[1] == 'w', perms[3] == 'p'});
+  }
+  std::fclose(f);
+  return out;
+}
+
+// Move bytes between our buffer and `pid`: whole range or -EFAULT.
+Status transfer(pid_t pid, bool to_remote, uint64_t addr, void* buf, size_t len) {
+  uint8_t* b = static_cast<uint8_t*>(buf);
+  while (len > 0) {
+    size_t chunk = std::min<size_t>(len, 1 << 30);
+    iovec local{b, chunk};
+    iovec remote{reinterpret_cast<void*>(addr), chunk};
+    ssize_t n = to_remote ? process_vm_writev(pid, &local, 1, &remote, 1, 0)
+                          : process_vm_readv(pid, &local, 1, &remote, 1, 0);
+    if (n < 0) return Err{errno == ESRCH ? -ESRCH : -EFAULT};
+    if (n == 0) return Err{-EFAULT};
+    b += n, addr += n, len -= n;
+  }
+  return ok_status();
+}
+
+// Whole pages, in batches of IOV_MAX.  On a short transfer the failing page
+// is retried alone so the caller learns exactly which one failed.
+template <typename Fn>
+Status page_batches(std::span<const uint64_t> pages, Fn&& fn) {
+  constexpr size_t kBatch = IOV_MAX;
+  for (size_t i = 0; i < pages.size(); i += kBatch) {
+    size_t n = std::min(kBatch, pages.size() - i);
+    DETUX_TRY(fn(i, n));
+  }
+  return ok_status();
+}
+
+Status batch_rw(pid_t pid, bool to_remote, std::span<const uint64_t> pages, uint8_t* buf) {
+  return page_batches(pages, [&](size_t i, size_t n) -> Status {
+    iovec remote[IOV_MAX];
+    for (size_t k = 0; k < n; ++k) remote[k] = {reinterpret_cast<void*>(pages[i + k]), kPage};
+    iovec local{buf + i * kPage, n * kPage};
+    ssize_t got = to_remote ? process_vm_writev(pid, &local, 1, remote, n, 0)
+                            : process_vm_readv(pid, &local, 1, remote, n, 0);
+    if (got == static_cast<ssize_t>(n * kPage)) return ok_status();
+    if (got < 0 && errno == ESRCH) return Err{-ESRCH};
+    return Err{-EFAULT};
+  });
+}
+
+int open_pagemap(Proc* p) {
+  if (p->pagemap_fd < 0) {
+    char path[64];
+    std::snprintf(path, sizeof path, "/proc/%d/pagemap", p->pid);
+    p->pagemap_fd = open(path, O_RDONLY | O_CLOEXEC);
+  }
+  return p->pagemap_fd;
+}
+
+// Pages of [start, end) that are present and mapped only by this process.
+Status exclusive_pages(int fd, uint64_t start, uint64_t end, std::vector<uint64_t>* out) {
+  constexpr size_t kChunk = 8192;  // entries per pread (64 KiB)
+  static thread_local uint64_t buf[kChunk];
+  for (uint64_t a = start; a < end;) {
+    size_t n = std::min<uint64_t>(kChunk, (end - a) / kPage);
+    ssize_t got = pread(fd, buf, n * 8, static_cast<off_t>(a / kPage * 8));
+    if (got <= 0) return Err{-ESRCH};
+    n = static_cast<size_t>(got) / 8;
+    for (size_t i = 0; i < n; ++i) {
+      uint64_t e = buf[i];
+      if ((e & kPmSwapped) || ((e & kPmPresent) && (e & kPmExclusive))) out->push_back(a + i * kPage);
+    }
+    a += n * kPage;
+  }
+  return ok_status();
+}
+
+}  // namespace
+
+Status PtraceMachine::read(Proc* p, uint64_t addr, void* buf, size_t len) {
+  return transfer(p->pid, false, addr, buf, len);
+}
+
+Status PtraceMachine::write(Proc* p, uint64_t addr, const void* buf, size_t len) {
+  return transfer(p->pid, true, addr, const_cast<void*>(buf), len);
+}
+
+Status PtraceMachine::read_pages(Proc* p, bool snapshot, std::span<const uint64_t> pages,
+                                 uint8_t* out) {
+  if (!snapshot) return batch_rw(p->pid, false, pages, out);
+  DETUX_ASSERT(p->ref_pid > 0);
+  // Pages the snapshot lacks (mapped later) read as zeros: one by one.
+  if (batch_rw(p->ref_pid, false, pages, out).ok()) return ok_status();
+  for (size_t i = 0; i < pages.size(); ++i) {
+    if (!transfer(p->ref_pid, false, pages[i], out + i * kPage, kPage).ok())
+      std::memset(out + i * kPage, 0, kPage);
+  }
+  return ok_status();
+}
+
+Status PtraceMachine::write_pages(Proc* p, std::span<const uint64_t> pages, const uint8_t* data) {
+  return batch_rw(p->pid, true, pages, const_cast<uint8_t*>(data));
+}
+
+Result<std::vector<MemRange>> PtraceMachine::holes(Proc* p, MemRange r) {
+  auto maps = read_maps(p->pid);
+  if (!maps.ok()) return Err{maps.err()};
+  std::vector<MemRange> out;
+  uint64_t at = r.start;
+  for (const Vma& v : *maps) {
+    if (v.end <= at) continue;
+    if (v.start >= r.end()) break;
+    if (v.start > at) out.push_back({at, v.start - at});
+    at = std::max(at, v.end);
+  }
+  if (at < r.end()) out.push_back({at, r.end() - at});
+  return out;
+}
+
+Status PtraceMachine::map_zero(Proc* p, MemRange r, int prot) {
+  if (p->is_master) {
+    void* m = mmap(reinterpret_cast<void*>(r.start), r.len, prot,
+                   MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return m == MAP_FAILED ? Status(Err{-errno}) : ok_status();
+  }
+  const long args[6] = {static_cast<long>(r.start), static_cast<long>(r.len), prot,
+                        MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0};
+  auto res = inject(p, SYS_mmap, args);
+  if (!res.ok()) return Err{res.err()};
+  if (*res != static_cast<long>(r.start)) return Err{*res < 0 ? *res : -ENOMEM};
+  if (p->ref_pid > 0) p->remapped.push_back(r);
+  return ok_status();
+}
+
+Result<uint64_t> PtraceMachine::protect(Proc* p, MemRange r, int prot) {
+  auto gaps = holes(p, r);
+  if (!gaps.ok()) return Err{gaps.err()};
+  uint64_t added = 0;
+  if (prot != 0) {
+    for (const MemRange& h : *gaps) {
+      DETUX_TRY(map_zero(p, h, prot));
+      added += h.len;
+    }
+  }
+  // mprotect fails on holes (prot == 0 leaves them): do the mapped parts.
+  uint64_t at = r.start;
+  auto do_protect = [&](MemRange m) -> Status {
+    if (m.len == 0) return ok_status();
+    if (p->is_master) {
+      return mprotect(reinterpret_cast<void*>(m.start), m.len, prot) == 0 ? ok_status()
+                                                                       : Status(Err{-errno});
+    }
+    const long args[6] = {static_cast<long>(m.start), static_cast<long>(m.len), prot, 0, 0, 0};
+    auto res = inject(p, SYS_mprotect, args);
+    if (!res.ok()) return Err{res.err()};
+    return *res == 0 ? ok_status() : Status(Err{*res});
+  };
+  if (prot != 0) {
+    DETUX_TRY(do_protect(r));
+    return added;
+  }
+  for (const MemRange& h : *gaps) {
+    DETUX_TRY(do_protect({at, h.start - at}));
+    at = h.end();
+  }
+  DETUX_TRY(do_protect({at, r.end() - at}));
+  return added;
+}
+
+Result<std::vector<uint64_t>> PtraceMachine::dirty_pages(Proc* p, MemRange r) {
+  DETUX_ASSERT(p->ref_pid > 0);
+  int fd = open_pagemap(p);
+  if (fd < 0) return Err{-ESRCH};
+  auto maps = read_maps(p->pid);
+  if (!maps.ok()) return Err{maps.err()};
+  std::vector<uint64_t> out;
+  for (const Vma& v : *maps) {
+    uint64_t s = std::max(v.start, r.start), e = std::min(v.end, r.end());
+    if (s >= e || !v.priv) continue;
+    DETUX_TRY(exclusive_pages(fd, s, e, &out));
+  }
+  for (uint64_t pg : p->dirty_accum)
+    if (pg >= r.start && pg < r.end()) out.push_back(pg);
+  for (const MemRange& m : p->remapped)
+    for (uint64_t pg = std::max(m.start, r.start); pg < std::min(m.end(), r.end()); pg += kPage)
+      out.push_back(pg);
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
+// A fork shares every page, so pages this space wrote since its snapshot
+// stop being exclusive: remember them first.
+Status PtraceMachine::record_dirty_before_fork(Proc* p) {
+  if (p->ref_pid <= 0) return ok_status();
+  auto pages = dirty_pages(p, MemRange{0, 1ULL << 47});
+  if (!pages.ok()) return Err{pages.err()};
+  p->dirty_accum = std::move(*pages);
+  return ok_status();
+}
+
+}  // namespace detux

@@ -1,0 +1,324 @@
+// process.cc: making, stopping, resuming and killing spaces with ptrace.
+//
+// Stops are decoded into StopEvents here; everything a space cannot see
+// (external signals, emulated rdtsc/cpuid) is handled and hidden here.
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "abi.h"
+#include "confine/filter.h"
+#include "ptrace/birth.h"
+#include "ptrace/ptrace_machine.h"
+
+namespace detux {
+
+namespace {
+
+constexpr long kPtraceOptions = PTRACE_O_EXITKILL | PTRACE_O_TRACESECCOMP |
+                                PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK |
+                                PTRACE_O_TRACEEXIT;
+constexpr uint64_t kTscStart = 1'000'000'000ULL;
+
+uint64_t gadget_addr() { return reinterpret_cast<uint64_t>(&detux_gadget); }
+
+std::vector<sock_filter>& space_filter() {
+  static std::vector<sock_filter> f = confine::build_space_filter();
+  return f;
+}
+
+sock_fprog g_fprog;
+BirthPlan g_plan;
+
+bool is_event(int status, int event) { return (status >> 8) == (SIGTRAP | (event << 8)); }
+
+}  // namespace
+
+PtraceMachine::PtraceMachine() {
+  master_.pid = getpid();
+  master_.is_master = true;
+}
+
+PtraceMachine::~PtraceMachine() {
+  for (auto& [pid, p] : procs_) kill_and_reap(pid);
+  for (auto& [pid, owner] : refs_) kill_and_reap(pid);
+}
+
+void set_child_entry(void (*entry)()) { g_plan.entry = entry; }
+
+Result<pid_t> PtraceMachine::wait_pid(pid_t pid, int* status) {
+  for (;;) {
+    pid_t r = waitpid(pid, status, __WALL);
+    if (r >= 0) return r;
+    if (errno != EINTR) return Err{-errno};
+  }
+}
+
+void PtraceMachine::kill_and_reap(pid_t pid) {
+  if (pid <= 0) return;
+  kill(pid, SIGKILL);
+  int st;
+  for (;;) {
+    pid_t r = waitpid(pid, &st, __WALL);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return;
+    if (WIFEXITED(st) || WIFSIGNALED(st)) return;
+    ptrace(PTRACE_CONT, pid, nullptr, nullptr);  // an exit stop: let it die
+  }
+}
+
+Proc* PtraceMachine::adopt(pid_t pid, const Proc& parent) {
+  auto p = std::make_unique<Proc>();
+  p->pid = pid;
+  p->stop = StopKind::kSignal;
+  p->tsc = parent.is_master ? kTscStart : parent.tsc;
+  Proc* raw = p.get();
+  procs_[pid] = std::move(p);
+  return raw;
+}
+
+// ---- Space creation ---------------------------------------------------------
+
+Result<Proc*> PtraceMachine::spawn_from_master() {
+  DETUX_ASSERT(g_plan.entry != nullptr);
+  auto& f = space_filter();
+  g_fprog.len = static_cast<unsigned short>(f.size());
+  g_fprog.filter = f.data();
+  g_plan.filter = &g_fprog;
+  g_plan.master_pid = getpid();
+  g_plan.pgid = pgid_;
+  pid_t pid = fork();
+  if (pid < 0) return Err{-errno};
+  if (pid == 0) space_birth(g_plan);
+  int st;
+  DETUX_TRY(wait_pid(pid, &st));
+  if (!WIFSTOPPED(st) || WSTOPSIG(st) != SIGSTOP) {
+    kill_and_reap(pid);
+    return Err{-ECHILD};
+  }
+  if (ptrace(PTRACE_SETOPTIONS, pid, nullptr, kPtraceOptions) != 0 ||
+      ptrace(PTRACE_CONT, pid, nullptr, nullptr) != 0) {
+    kill_and_reap(pid);
+    return Err{-ECHILD};
+  }
+  DETUX_TRY(wait_pid(pid, &st));
+  if (!is_event(st, PTRACE_EVENT_SECCOMP)) {  // setup failed: exit code says where
+    kill_and_reap(pid);
+    return Err{-ECHILD};
+  }
+  pgid_ = getpgid(pid);
+  Proc* p = adopt(pid, master_);
+  p->stop = StopKind::kSyscall;
+  p->call_pending = true;  // the kOpBirth call; its result is ignored
+  DETUX_TRY(fetch_regs(p));
+  return p;
+}
+
+Result<Proc*> PtraceMachine::fork_space(Proc* parent) {
+  if (parent->is_master) return spawn_from_master();
+  DETUX_ASSERT(parent->stop != StopKind::kRunning);
+  DETUX_TRY(fetch_regs(parent));
+  user_regs_struct at_call = parent->regs;
+  DETUX_TRY(record_dirty_before_fork(parent));
+  auto child = inject_clone(parent);
+  if (!child.ok()) return Err{child.err()};
+  Proc* c = adopt(*child, *parent);
+  // The child continues from the parent's call, which returns DET_CHILD.
+  c->regs = at_call;
+  c->regs.rax = DET_CHILD;
+  c->regs.orig_rax = static_cast<unsigned long long>(-1);
+  c->regs_dirty = true;
+  return c;
+}
+
+Status PtraceMachine::snapshot(Proc* p) {
+  DETUX_ASSERT(!p->is_master);
+  if (p->ref_pid > 0) {
+    refs_.erase(p->ref_pid);
+    kill_and_reap(p->ref_pid);
+    p->ref_pid = 0;
+  }
+  p->dirty_accum.clear();
+  p->remapped.clear();
+  auto ref = inject_clone(p);
+  if (!ref.ok()) return Err{ref.err()};
+  p->ref_pid = *ref;
+  refs_[*ref] = p;
+  return ok_status();
+}
+
+// clone(CLONE_PARENT) inside p: the new process is the master's child, traced
+// by us, stopped by the SIGSTOP of auto-attach, and never runs until resumed.
+Result<pid_t> PtraceMachine::inject_clone(Proc* p) {
+  pid_t child = 0;
+  const long args[6] = {CLONE_PARENT, 0, 0, 0, 0, 0};
+  auto r = inject(p, SYS_clone, args, &child);
+  if (!r.ok()) return Err{r.err()};
+  if (*r < 0) return Err{*r};
+  DETUX_ASSERT(child > 0 && *r == child);
+  int st;
+  DETUX_TRY(wait_pid(child, &st));
+  if (!WIFSTOPPED(st)) return Err{-ECHILD};
+  return child;
+}
+
+void PtraceMachine::destroy(Proc* p) {
+  DETUX_ASSERT(!p->is_master);
+  if (p->ref_pid > 0) {
+    refs_.erase(p->ref_pid);
+    kill_and_reap(p->ref_pid);
+  }
+  if (p->pagemap_fd >= 0) close(p->pagemap_fd);
+  if (p->stop != StopKind::kDead) kill_and_reap(p->pid);
+  procs_.erase(p->pid);
+}
+
+// ---- Registers, resuming, injecting ---------------------------------------
+
+Status PtraceMachine::fetch_regs(Proc* p) {
+  if (p->regs_dirty) return ok_status();
+  if (ptrace(PTRACE_GETREGS, p->pid, nullptr, &p->regs) != 0) return Err{-ESRCH};
+  return ok_status();
+}
+
+Status PtraceMachine::resume(Proc* p, long result) {
+  DETUX_ASSERT(!p->is_master);
+  if (p->stop == StopKind::kDead || p->stop == StopKind::kExit) return Err{-ESRCH};
+  if (p->stop == StopKind::kRunning) return ok_status();
+  if (p->call_pending || p->stop == StopKind::kSyscall) {
+    DETUX_TRY(fetch_regs(p));
+    // Skip the system call (if at one) and never restart it.
+    p->regs.orig_rax = static_cast<unsigned long long>(-1);
+    if (p->call_pending) p->regs.rax = static_cast<unsigned long long>(result);
+    else p->regs.rax = static_cast<unsigned long long>(-ENOSYS);  // a refused call
+    p->regs_dirty = true;
+  }
+  if (p->regs_dirty && ptrace(PTRACE_SETREGS, p->pid, nullptr, &p->regs) != 0)
+    return Err{-ESRCH};
+  p->regs_dirty = false;
+  p->call_pending = false;
+  if (ptrace(PTRACE_CONT, p->pid, nullptr, nullptr) != 0) return Err{-ESRCH};
+  p->stop = StopKind::kRunning;
+  return ok_status();
+}
+
+// Make p execute one system call at the gadget, then put its registers back.
+// Every stop on the way is checked: the call that runs is exactly `nr` with
+// `args`, whatever the space has done to its own memory.
+Result<long> PtraceMachine::inject(Proc* p, long nr, const long (&args)[6], pid_t* forked) {
+  DETUX_TRY(fetch_regs(p));
+  user_regs_struct saved = p->regs;
+  user_regs_struct r = saved;
+  r.rip = gadget_addr();
+  r.rax = nr;
+  r.orig_rax = static_cast<unsigned long long>(-1);
+  r.rdi = args[0], r.rsi = args[1], r.rdx = args[2], r.r10 = args[3], r.r8 = args[4],
+  r.r9 = args[5];
+  if (ptrace(PTRACE_SETREGS, p->pid, nullptr, &r) != 0) return Err{-ESRCH};
+  long result = -ENOSYS;
+  bool done = false;
+  int st;
+  if (ptrace(PTRACE_CONT, p->pid, nullptr, nullptr) != 0) return Err{-ESRCH};
+  while (!done) {
+    DETUX_TRY(wait_pid(p->pid, &st));
+    if (WIFEXITED(st) || WIFSIGNALED(st)) {
+      p->stop = StopKind::kDead;
+      return Err{-ESRCH};
+    }
+    if (is_event(st, PTRACE_EVENT_SECCOMP)) {
+      user_regs_struct now;
+      ptrace(PTRACE_GETREGS, p->pid, nullptr, &now);
+      bool ours = now.rip == gadget_addr() + 2 && static_cast<long>(now.orig_rax) == nr &&
+                  static_cast<long>(now.rdi) == args[0] && static_cast<long>(now.rsi) == args[1] &&
+                  static_cast<long>(now.rdx) == args[2] && static_cast<long>(now.r10) == args[3] &&
+                  static_cast<long>(now.r8) == args[4] && static_cast<long>(now.r9) == args[5];
+      if (!ours) {  // the space rewrote the gadget: refuse and give up
+        now.orig_rax = static_cast<unsigned long long>(-1);
+        now.rax = static_cast<unsigned long long>(-EPERM);
+        ptrace(PTRACE_SETREGS, p->pid, nullptr, &now);
+        result = -EPERM;
+      }
+    } else if (is_event(st, PTRACE_EVENT_CLONE) || is_event(st, PTRACE_EVENT_FORK)) {
+      unsigned long msg = 0;
+      ptrace(PTRACE_GETEVENTMSG, p->pid, nullptr, &msg);
+      if (forked) *forked = static_cast<pid_t>(msg);
+    } else if (is_event(st, PTRACE_EVENT_EXIT)) {
+      p->stop = StopKind::kExit;
+      return Err{-ESRCH};
+    } else if (WIFSTOPPED(st) && (st >> 16) == 0) {
+      user_regs_struct now;
+      ptrace(PTRACE_GETREGS, p->pid, nullptr, &now);
+      siginfo_t si{};
+      ptrace(PTRACE_GETSIGINFO, p->pid, nullptr, &si);
+      if (WSTOPSIG(st) == SIGTRAP && now.rip == gadget_addr() + 3) {
+        if (result != -EPERM) result = static_cast<long>(now.rax);
+        done = true;
+        break;
+      }
+      if (si.si_code > 0 || WSTOPSIG(st) == SIGTRAP) {  // a real fault: give up
+        result = -EFAULT;
+        done = true;
+        break;
+      }
+      // An external signal: suppressed.
+    }
+    if (ptrace(PTRACE_CONT, p->pid, nullptr, nullptr) != 0) return Err{-ESRCH};
+  }
+  p->stop = StopKind::kSignal;
+  if (ptrace(PTRACE_SETREGS, p->pid, nullptr, &saved) != 0) return Err{-ESRCH};
+  p->regs = saved;
+  p->regs_dirty = false;
+  return result;
+}
+
+Status PtraceMachine::get_regs(Proc* p, det_regs* out) {
+  DETUX_TRY(fetch_regs(p));
+  const user_regs_struct& r = p->regs;
+  *out = det_regs{};
+  out->rax = r.rax, out->rbx = r.rbx, out->rcx = r.rcx, out->rdx = r.rdx;
+  out->rsi = r.rsi, out->rdi = r.rdi, out->rbp = r.rbp, out->rsp = r.rsp;
+  out->r8 = r.r8, out->r9 = r.r9, out->r10 = r.r10, out->r11 = r.r11;
+  out->r12 = r.r12, out->r13 = r.r13, out->r14 = r.r14, out->r15 = r.r15;
+  out->rip = r.rip, out->rflags = r.eflags, out->fs_base = r.fs_base, out->gs_base = r.gs_base;
+  if (p->call_pending) out->rax = 0;  // what the pending call will return
+  user_fpregs_struct fp;
+  if (ptrace(PTRACE_GETFPREGS, p->pid, nullptr, &fp) != 0) return Err{-ESRCH};
+  static_assert(sizeof fp == sizeof out->fxsave);
+  std::memcpy(out->fxsave, &fp, sizeof fp);
+  return ok_status();
+}
+
+Status PtraceMachine::set_regs(Proc* p, const det_regs& in) {
+  DETUX_TRY(fetch_regs(p));
+  constexpr unsigned long long kUserFlags = 0x8d5;  // CF PF AF ZF SF DF OF
+  user_regs_struct& r = p->regs;
+  r.rax = in.rax, r.rbx = in.rbx, r.rcx = in.rcx, r.rdx = in.rdx;
+  r.rsi = in.rsi, r.rdi = in.rdi, r.rbp = in.rbp, r.rsp = in.rsp;
+  r.r8 = in.r8, r.r9 = in.r9, r.r10 = in.r10, r.r11 = in.r11;
+  r.r12 = in.r12, r.r13 = in.r13, r.r14 = in.r14, r.r15 = in.r15;
+  r.rip = in.rip;
+  r.eflags = (r.eflags & ~kUserFlags) | (in.rflags & kUserFlags);
+  r.fs_base = in.fs_base, r.gs_base = in.gs_base;
+  r.orig_rax = static_cast<unsigned long long>(-1);
+  // Explicit registers replace the result of whatever call it stopped in.
+  p->call_pending = false;
+  if (ptrace(PTRACE_SETREGS, p->pid, nullptr, &r) != 0) {
+    p->regs_dirty = false;
+    (void)fetch_regs(p);
+    return Err{-EINVAL};  // e.g. a non-canonical fs_base
+  }
+  p->regs_dirty = false;
+  user_fpregs_struct fp;
+  std::memcpy(&fp, in.fxsave, sizeof fp);
+  if (ptrace(PTRACE_SETFPREGS, p->pid, nullptr, &fp) != 0) return Err{-EINVAL};
+  return ok_status();
+}
+
+}  // namespace detux

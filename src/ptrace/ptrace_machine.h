@@ -1,0 +1,106 @@
+// ptrace_machine.h: detux's mechanism on a stock Linux kernel.
+//
+// In a nutshell: every space is a Linux process, a direct child of the
+// master process, traced by the master thread (ptrace) and confined by a
+// seccomp filter that sends every system call to the tracer.  A space's
+// detux call is a seccomp stop; a fault is a signal-delivery stop; exit is a
+// PTRACE_EVENT_EXIT stop, where the memory is still readable.  New spaces
+// and snapshots are clone(CLONE_PARENT) calls injected into a stopped space
+// through a `syscall; int3` gadget that every space has at the same address
+// (it is part of libdetux, which every space inherits from the master).  A
+// snapshot is one more clone that is never run: while it lives, every page
+// the space has not written stays shared with it, so /proc/PID/pagemap's
+// exclusive bit names exactly the pages the space wrote.  Memory moves with
+// process_vm_readv/writev.  rdtsc, rdtscp and cpuid fault in a space
+// (PR_SET_TSC, ARCH_SET_CPUID) and are answered here.
+//
+// All ptrace calls come from the thread that became master (ptrace ties a
+// tracee to one tracer thread).
+#pragma once
+
+#include <sys/types.h>
+#include <sys/user.h>
+
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "kernel/machine.h"
+
+namespace detux {
+
+// How a space is stopped, as ptrace sees it.
+enum class StopKind {
+  kRunning,
+  kSyscall,  // at a seccomp stop (a detux call or a refused call)
+  kSignal,   // at a signal-delivery stop (fault, fresh clone, after inject)
+  kExit,     // at PTRACE_EVENT_EXIT
+  kDead,     // reaped
+};
+
+struct Proc {
+  pid_t pid = 0;
+  bool is_master = false;
+  StopKind stop = StopKind::kRunning;
+  bool call_pending = false;  // resume() sets rax to the call's result
+  user_regs_struct regs{};    // valid while stopped
+  bool regs_dirty = false;
+  pid_t ref_pid = 0;                  // the frozen snapshot, if any
+  std::vector<uint64_t> dirty_accum;  // pages written before it forked
+  std::vector<MemRange> remapped;     // zero-mapped since the snapshot
+  uint64_t tsc = 0;                   // emulated time stamp counter
+  int pagemap_fd = -1;
+};
+
+// The function a space made by the master runs when first started: it jumps
+// back into the dput() that created it.  Set once by the library.
+void set_child_entry(void (*entry)());
+
+class PtraceMachine final : public Machine {
+ public:
+  PtraceMachine();
+  ~PtraceMachine() override;
+  PtraceMachine(const PtraceMachine&) = delete;
+  PtraceMachine& operator=(const PtraceMachine&) = delete;
+
+  Proc* master() override { return &master_; }
+  Result<Proc*> fork_space(Proc* parent) override;
+  Status snapshot(Proc* p) override;
+  bool has_snapshot(Proc* p) override { return p->ref_pid > 0; }
+  void destroy(Proc* p) override;
+  Status resume(Proc* p, long result) override;
+  Result<StopEvent> next_event(const WaitPolicy& policy) override;
+  Status get_regs(Proc* p, det_regs* out) override;
+  Status set_regs(Proc* p, const det_regs& in) override;
+  Status read(Proc* p, uint64_t addr, void* buf, size_t len) override;
+  Status write(Proc* p, uint64_t addr, const void* buf, size_t len) override;
+  Status map_zero(Proc* p, MemRange r, int prot) override;
+  Result<uint64_t> protect(Proc* p, MemRange r, int prot) override;
+  Result<std::vector<MemRange>> holes(Proc* p, MemRange r) override;
+  Result<std::vector<uint64_t>> dirty_pages(Proc* p, MemRange r) override;
+  Status read_pages(Proc* p, bool snapshot, std::span<const uint64_t> pages,
+                    uint8_t* out) override;
+  Status write_pages(Proc* p, std::span<const uint64_t> pages,
+                     const uint8_t* data) override;
+
+ private:
+  Result<Proc*> spawn_from_master();
+  Result<pid_t> inject_clone(Proc* p);
+  Result<long> inject(Proc* p, long nr, const long (&args)[6],
+                      pid_t* forked = nullptr);
+  Status fetch_regs(Proc* p);
+  Status record_dirty_before_fork(Proc* p);
+  Proc* adopt(pid_t pid, const Proc& parent);
+  bool decode(pid_t pid, int status, StopEvent* ev);
+  bool decode_signal(Proc* p, StopEvent* ev);
+  bool emulate_insn(Proc* p);
+  Result<pid_t> wait_pid(pid_t pid, int* status);
+  void kill_and_reap(pid_t pid);
+
+  Proc master_;
+  std::map<pid_t, std::unique_ptr<Proc>> procs_;
+  std::map<pid_t, Proc*> refs_;  // snapshot pid -> its owner
+  pid_t pgid_ = 0;               // the process group all spaces share
+};
+
+}  // namespace detux
