@@ -29,8 +29,7 @@
 namespace {
 
 using detux::merge::Outcome;
-using MergeFn = Outcome (*)(uint8_t*, const uint8_t*, const uint8_t*,
-                            const uint8_t*, size_t);
+using MergeFn = Outcome (*)(uint8_t*, const uint8_t*, const uint8_t*, const uint8_t*, size_t);
 
 constexpr size_t kPage = 4096;
 
@@ -49,7 +48,8 @@ void make(Setup& s, Case c) {
   for (auto& x : s.a.b) x = static_cast<uint8_t>(rng());
   s.b = s.a;
   switch (c) {
-    case kUnchanged: break;
+    case kUnchanged:
+      break;
     case k16:
       for (size_t i = 1000; i < 1016; ++i) s.b.b[i] ^= 0x5a;
       break;
@@ -146,8 +146,11 @@ int main(int argc, char** argv) {
   struct {
     const char* name;
     Case c;
-  } cases[] = {{"unchanged", kUnchanged}, {"16B", k16}, {"16B-spread", k16Spread},
-               {"all", kAll},             {"conflict", kConflict}};
+  } cases[] = {{"unchanged", kUnchanged},
+               {"16B", k16},
+               {"16B-spread", k16Spread},
+               {"all", kAll},
+               {"conflict", kConflict}};
   for (const auto& im : impls) {
     if (im.fn == merge3_avx2 && !avx2_available()) continue;
     for (const auto& cs : cases) {

@@ -19,8 +19,7 @@
 namespace detux::merge {
 namespace {
 
-using MergeFn = Outcome (*)(uint8_t*, const uint8_t*, const uint8_t*,
-                            const uint8_t*, size_t);
+using MergeFn = Outcome (*)(uint8_t*, const uint8_t*, const uint8_t*, const uint8_t*, size_t);
 
 struct Impl {
   const char* name;
@@ -34,8 +33,8 @@ std::vector<Impl> impls() {
 }
 
 // The rule, one byte at a time, with the same no-write-on-conflict promise.
-Outcome oracle(uint8_t* out, const uint8_t* dst, const uint8_t* src,
-               const uint8_t* ref, size_t len) {
+Outcome oracle(uint8_t* out, const uint8_t* dst, const uint8_t* src, const uint8_t* ref,
+               size_t len) {
   size_t changed = 0;
   for (size_t i = 0; i < len; ++i) {
     if (src[i] == ref[i]) continue;
@@ -64,8 +63,7 @@ struct Pages {
   size_t size;
   uint8_t* p;
   explicit Pages(size_t n) : size(n) {
-    void* m = mmap(nullptr, size, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* m = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     EXPECT_NE(m, MAP_FAILED);
     p = static_cast<uint8_t*>(m);
   }
@@ -123,6 +121,44 @@ TEST(Merge, UnchangedChildNeverStoresIntoParent) {
     Outcome o = m.fn(dst.p, dst.p, t.src.data(), t.ref.data(), dst.size);
     EXPECT_FALSE(o.conflict);
     EXPECT_EQ(o.changed, 0u);
+  }
+}
+
+TEST(Merge, PagesTheChildDidNotTouchAreNeverStored) {
+  for (const Impl& m : impls()) {
+    SCOPED_TRACE(m.name);
+    // Changes in the first and the last page; the middle one is read-only.
+    Pages dst(3 * 4096);
+    Triple t(dst.size);
+    t.src[5] ^= 1;
+    t.src[4095] ^= 1;
+    t.src[2 * 4096] ^= 1;
+    t.src[3 * 4096 - 1] ^= 1;
+    std::memcpy(dst.p, t.dst.data(), dst.size);
+    ASSERT_EQ(mprotect(dst.p + 4096, 4096, PROT_READ), 0);
+    Outcome o = m.fn(dst.p, dst.p, t.src.data(), t.ref.data(), dst.size);
+    EXPECT_FALSE(o.conflict);
+    EXPECT_EQ(o.changed, 4u);
+    EXPECT_EQ(std::memcmp(dst.p, t.src.data(), dst.size), 0);
+  }
+}
+
+TEST(Merge, CountsChangedBytesInLongSparseRuns) {
+  // One changed byte every `step` bytes over 64 KiB: hundreds of partly
+  // changed blocks in a row, with most byte positions unchanged in all.
+  for (const Impl& m : impls()) {
+    SCOPED_TRACE(m.name);
+    for (size_t step : {32u, 128u, 129u, 4096u}) {
+      const size_t n = 64 << 10;
+      Triple t(n, static_cast<uint32_t>(step));
+      size_t want = 0;
+      for (size_t i = 0; i < n; i += step, ++want) t.src[i] ^= 0x11;
+      Bytes out = t.dst;
+      Outcome o = m.fn(out.data(), t.dst.data(), t.src.data(), t.ref.data(), n);
+      EXPECT_FALSE(o.conflict);
+      EXPECT_EQ(o.changed, want) << "step=" << step;
+      EXPECT_EQ(out, t.src) << "step=" << step;
+    }
   }
 }
 
@@ -196,9 +232,14 @@ TEST(Merge, OutAliasesDst) {
       std::mt19937 rng(7);
       for (size_t i = 0; i < n; ++i) {
         switch (rng() % 4) {
-          case 0: t.src[i] ^= 1 + rng() % 255; break;
-          case 1: t.dst[i] ^= 1 + rng() % 255; break;
-          default: break;
+          case 0:
+            t.src[i] ^= 1 + rng() % 255;
+            break;
+          case 1:
+            t.dst[i] ^= 1 + rng() % 255;
+            break;
+          default:
+            break;
         }
       }
       Bytes want(n);
@@ -234,10 +275,14 @@ struct Pool {
     dst = ref;
     auto segment_rate = [&] {
       switch (rng() % 4) {
-        case 0: return 0u;    // untouched
-        case 1: return 4u;    // sparse: 1 in 64
-        case 2: return 128u;  // half
-        default: return 256u; // every byte
+        case 0:
+          return 0u;  // untouched
+        case 1:
+          return 4u;  // sparse: 1 in 64
+        case 2:
+          return 128u;  // half
+        default:
+          return 256u;  // every byte
       }
     };
     for (size_t s = 0; s < n; s += 64) {
@@ -260,9 +305,8 @@ struct Pool {
   }
 };
 
-void check_against_oracle(const Impl& m, const Pool& p, size_t off, size_t len,
-                          size_t mis_o, size_t mis_d, size_t mis_s, size_t mis_r,
-                          bool aliased) {
+void check_against_oracle(const Impl& m, const Pool& p, size_t off, size_t len, size_t mis_o,
+                          size_t mis_d, size_t mis_s, size_t mis_r, bool aliased) {
   // Separate allocations with chosen misalignment inside 64-byte lines.
   Bytes bo(len + 64, 0xcc), bd(len + 64), bs(len + 64), br(len + 64);
   uint8_t* d = bd.data() + mis_d;
@@ -329,6 +373,31 @@ TEST(Merge, UnalignedOddLengths) {
     }
   }
   EXPECT_GT(conflicts_seen, 100u);  // the racy pool did exercise conflicts
+}
+
+// Past 512 KiB the AVX2 code stops recording changed 128-byte groups in its
+// bitmap and finds them again by rescanning: cover both sides of that line.
+TEST(Merge, LongRangesAgreeWithScalarOracle) {
+  const size_t kMax = (1 << 20) + 4096;
+  const Pool clean(kMax, 31, false);
+  for (const Impl& m : impls()) {
+    SCOPED_TRACE(m.name);
+    for (size_t len : {size_t{512 << 10} - 1, size_t{512 << 10}, size_t{(512 << 10) + 128 + 96 + 7},
+                       size_t{(1 << 20) + 33}}) {
+      check_against_oracle(m, clean, 0, len, 0, 0, 0, 0, true);
+      check_against_oracle(m, clean, 3, len, 5, 7, 9, 11, false);
+      // One conflict, late in the range, after many clean changes.
+      for (size_t at : {size_t{(512 << 10) + 200}, len - 1}) {
+        if (at >= len) continue;
+        Pool racy = clean;
+        racy.src[at] ^= 0x40;
+        racy.dst[at] = static_cast<uint8_t>(racy.ref[at] + 1);
+        if (racy.src[at] == racy.ref[at]) racy.src[at] ^= 0x01;
+        check_against_oracle(m, racy, 0, len, 0, 0, 0, 0, true);
+        check_against_oracle(m, racy, 0, len, 1, 2, 3, 4, false);
+      }
+    }
+  }
 }
 
 TEST(Merge, EqualMatchesMemcmp) {

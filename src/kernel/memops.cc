@@ -20,11 +20,12 @@ namespace detux {
 namespace {
 
 constexpr uint64_t kPage = 4096;
+constexpr uint64_t kUserBottom = 0x10000;  // below: never memory (mmap_min_addr)
 constexpr uint64_t kUserTop = 0x7ffffffff000ULL;
 constexpr uint64_t kChunk = 16 << 20;  // bytes moved per step of a copy
 
 bool bad_range(uint64_t addr, uint64_t len) {
-  return len > 0 && (addr + len < addr || addr + len > kUserTop);
+  return len > 0 && (addr < kUserBottom || addr + len < addr || addr + len > kUserTop);
 }
 uint64_t page_down(uint64_t a) { return a & ~(kPage - 1); }
 uint64_t page_up(uint64_t a) { return (a + kPage - 1) & ~(kPage - 1); }

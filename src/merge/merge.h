@@ -49,8 +49,8 @@ struct Outcome {
 // usual case: merge in place) or a buffer disjoint from all three inputs;
 // any other overlap is an error.  Any length, any alignment; with len == 0
 // the pointers are not touched and may be null.
-Outcome merge3(uint8_t* out, const uint8_t* dst, const uint8_t* src,
-               const uint8_t* ref, size_t len);
+Outcome merge3(uint8_t* out, const uint8_t* dst, const uint8_t* src, const uint8_t* ref,
+               size_t len);
 
 // True when the two ranges hold the same bytes.
 bool equal(const uint8_t* a, const uint8_t* b, size_t len);
@@ -61,9 +61,9 @@ const char* implementation_name();
 // The individual implementations, exposed for tests and benchmarks.  Same
 // contract as merge3.  merge3_avx2 may only be called when avx2_available().
 bool avx2_available();
-Outcome merge3_word(uint8_t* out, const uint8_t* dst, const uint8_t* src,
-                    const uint8_t* ref, size_t len);
-Outcome merge3_avx2(uint8_t* out, const uint8_t* dst, const uint8_t* src,
-                    const uint8_t* ref, size_t len);
+Outcome merge3_word(uint8_t* out, const uint8_t* dst, const uint8_t* src, const uint8_t* ref,
+                    size_t len);
+Outcome merge3_avx2(uint8_t* out, const uint8_t* dst, const uint8_t* src, const uint8_t* ref,
+                    size_t len);
 
 }  // namespace detux::merge

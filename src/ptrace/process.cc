@@ -64,6 +64,8 @@ Result<pid_t> PtraceMachine::wait_pid(pid_t pid, int* status) {
 void PtraceMachine::kill_and_reap(pid_t pid) {
   if (pid <= 0) return;
   kill(pid, SIGKILL);
+  // A task in its PTRACE_EVENT_EXIT stop is not woken by SIGKILL: continue it.
+  ptrace(PTRACE_CONT, pid, nullptr, nullptr);
   int st;
   for (;;) {
     pid_t r = waitpid(pid, &st, __WALL);

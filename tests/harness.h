@@ -1,0 +1,96 @@
+// harness.h: run a scenario in a fresh master process.
+//
+// The master is per process, so every scenario runs in its own fork of the
+// test binary, which becomes master on its first detux call and exits when
+// the scenario ends (taking all its spaces with it).  The scenario writes
+// what it observed into `out`; CHECK failures end it with a message.  Tests
+// that run spaces compare `out` across two runs: determinism is the product.
+#pragma once
+
+#include <detux/detux.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <functional>
+#include <string>
+
+namespace detux::test {
+
+struct Run {
+  int status = -1;  // wait status of the master process
+  std::string out;  // what the scenario reported
+  bool ok() const { return WIFEXITED(status) && WEXITSTATUS(status) == 0; }
+};
+
+// The scenario's report; also where CHECK writes its failure.
+inline std::string* g_out = nullptr;
+
+[[noreturn]] inline void fail_now(const char* file, int line, const std::string& what) {
+  *g_out += "\nFAIL " + std::string(file) + ":" + std::to_string(line) + ": " + what + "\n";
+  throw 1;  // unwinds to in_master(), which reports and exits 1
+}
+
+#define CHECK(cond)                                                          \
+  do {                                                                       \
+    if (!(cond)) ::detux::test::fail_now(__FILE__, __LINE__, #cond);         \
+  } while (0)
+#define CHECK_EQ(a, b)                                                       \
+  do {                                                                       \
+    auto va_ = (a);                                                          \
+    auto vb_ = (b);                                                          \
+    if (!(va_ == vb_))                                                       \
+      ::detux::test::fail_now(__FILE__, __LINE__,                            \
+                              std::string(#a " == " #b ": ") +               \
+                                  std::to_string(va_) + " vs " + std::to_string(vb_)); \
+  } while (0)
+
+inline Run in_master(const std::function<void(std::string&)>& scenario, int timeout_s = 60) {
+  int fds[2];
+  if (pipe(fds) != 0) return {};
+  std::fflush(nullptr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    alarm(timeout_s);
+    std::string out;
+    g_out = &out;
+    int code = 0;
+    try {
+      scenario(out);
+    } catch (int) {
+      code = 1;
+    }
+    (void)!write(fds[1], out.data(), out.size());
+    _exit(code);
+  }
+  close(fds[1]);
+  Run r;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fds[0], buf, sizeof buf)) > 0) r.out.append(buf, n);
+  close(fds[0]);
+  waitpid(pid, &r.status, 0);
+  return r;
+}
+
+// Runs the scenario twice; both runs must pass and report the same thing.
+inline std::string twice(const std::function<void(std::string&)>& scenario) {
+  Run a = in_master(scenario), b = in_master(scenario);
+  EXPECT_TRUE(a.ok()) << "status " << a.status << ": " << a.out;
+  EXPECT_TRUE(b.ok()) << "status " << b.status << ": " << b.out;
+  EXPECT_EQ(a.out, b.out) << "two runs differ";
+  return a.out;
+}
+
+inline std::string status_str(const det_status& st) {
+  char b[160];
+  std::snprintf(b, sizeof b, "state=%d exit=%d fault=%d sig=%d sys=%lld conflict=%d", st.state,
+                st.exit_code, st.fault, st.signal, static_cast<long long>(st.syscall),
+                st.conflict);
+  return b;
+}
+
+}  // namespace detux::test

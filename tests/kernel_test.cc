@@ -1,0 +1,427 @@
+// kernel_test.cc: the semantics of Put, Get, Ret, Snap and Merge against
+// real spaces (processes traced by the real supervisor).
+#include <sys/mman.h>
+
+#include <cstring>
+
+#include "harness.h"
+
+using detux::test::in_master;
+using detux::test::status_str;
+using detux::test::twice;
+
+namespace {
+
+alignas(4096) volatile uint64_t g_words[1024];
+alignas(4096) volatile uint8_t g_bytes[3 * 4096];
+volatile int g_spin;
+
+[[noreturn]] void ret_forever() {
+  for (;;) dret();
+}
+
+det_status status_of(det_child_t c) {
+  det_status st{};
+  long r = dget(c, DET_STATUS, &st, sizeof st, nullptr);
+  CHECK_EQ(r, 0L);
+  return st;
+}
+
+}  // namespace
+
+TEST(Fork, ChildSeesSnapshotAndParentSeesMergeAfterJoin) {
+  std::string out = twice([](std::string& out) {
+    g_words[0] = 1;
+    int r = dfork(0);
+    if (r == 0) {
+      g_words[1] = g_words[0] + 41;  // reads the snapshot
+      ret_forever();
+    }
+    CHECK_EQ(r, 1);
+    g_words[2] = 7;  // the parent's own change, made while the child runs
+    CHECK_EQ(djoin(0), 0);
+    out += std::to_string(g_words[0]) + " " + std::to_string(g_words[1]) + " " +
+           std::to_string(g_words[2]);
+  });
+  EXPECT_EQ(out, "1 42 7");
+}
+
+TEST(Fork, ChildIdInUseIsRefused) {
+  auto r = in_master([](std::string&) {
+    if (dfork(3) == 0) ret_forever();
+    CHECK_EQ(dfork(3), -EEXIST);
+    CHECK_EQ(djoin(3), 0);
+  });
+  EXPECT_TRUE(r.ok()) << r.out;
+}
+
+TEST(Merge, ChildrenJoinedInIdOrderEachMergeTheirOwnBytes) {
+  std::string out = twice([](std::string& out) {
+    for (int i = 0; i < 8; ++i)
+      if (dfork(i) == 0) {
+        g_words[i] = 100 + i;
+        ret_forever();
+      }
+    for (int i = 0; i < 8; ++i) CHECK_EQ(djoin(i), 0);
+    for (int i = 0; i < 8; ++i) out += std::to_string(g_words[i]) + ",";
+  });
+  EXPECT_EQ(out, "100,101,102,103,104,105,106,107,");
+}
+
+TEST(Merge, BytesChangedOnBothSidesAreAConflictAtTheLowestAddressAndNothingIsMerged) {
+  std::string out = twice([](std::string& out) {
+    if (dfork(0) == 0) {
+      g_bytes[10] = 1;     // no conflict: only the child
+      g_bytes[4100] = 2;   // conflict (lowest)
+      g_bytes[8200] = 3;   // conflict
+      ret_forever();
+    }
+    g_bytes[4100] = 9;
+    g_bytes[8200] = 9;
+    det_status st{};
+    CHECK_EQ(djoin_status(0, &st), -DET_ECONFLICT);
+    CHECK_EQ(st.conflict, 1);
+    CHECK_EQ(st.conflict_addr, reinterpret_cast<uint64_t>(&g_bytes[4100]));
+    CHECK_EQ(static_cast<int>(g_bytes[10]), 0);  // nothing half-merged
+    out += "ok";
+  });
+  EXPECT_EQ(out, "ok");
+}
+
+TEST(Merge, SameValueWrittenOnBothSidesIsStillAConflict) {
+  auto r = in_master([](std::string&) {
+    if (dfork(0) == 0) {
+      g_bytes[5] = 4;
+      ret_forever();
+    }
+    g_bytes[5] = 4;
+    CHECK_EQ(djoin(0), -DET_ECONFLICT);
+  });
+  EXPECT_TRUE(r.ok()) << r.out;
+}
+
+TEST(Merge, OnlyTheGivenRangeIsMerged) {
+  std::string out = twice([](std::string& out) {
+    if (dfork(0) == 0) {
+      g_bytes[100] = 1;
+      g_bytes[200] = 2;
+      g_bytes[9000] = 3;  // far outside the range
+      ret_forever();
+    }
+    CHECK_EQ(status_of(0).state, DET_S_STOPPED);
+    void* a = const_cast<uint8_t*>(&g_bytes[150]);
+    CHECK_EQ(dget(0, DET_MERGE, a, 100, a), 0L);
+    out += std::to_string(g_bytes[100]) + std::to_string(g_bytes[200]) +
+           std::to_string(g_bytes[9000]);
+    CHECK_EQ(dput(0, DET_KILL, nullptr, 0, nullptr), 0L);
+  });
+  EXPECT_EQ(out, "020");
+}
+
+TEST(Merge, WithoutSnapshotIsInvalid) {
+  auto r = in_master([](std::string&) {
+    long c = dput(0, 0, nullptr, 0, nullptr);  // created, never snapshotted
+    CHECK_EQ(c, 0L);
+    void* a = const_cast<uint64_t*>(g_words);
+    CHECK_EQ(dget(0, DET_MERGE, a, 64, a), -EINVAL);
+  });
+  EXPECT_TRUE(r.ok()) << r.out;
+}
+
+TEST(Copy, PutAndGetAtOddOffsetsAndSizes) {
+  std::string out = twice([](std::string& out) {
+    static char src[10000], back[10000];
+    for (int i = 0; i < 10000; ++i) src[i] = static_cast<char>(i * 7);
+    if (dput(1, 0, nullptr, 0, nullptr) == DET_CHILD) ret_forever();
+    // Copy 5001 bytes from src+3 to g_bytes+1001 in the child, then back.
+    void* dst = const_cast<uint8_t*>(&g_bytes[1001]);
+    CHECK_EQ(dput(1, DET_COPY, src + 3, 5001, dst), 0L);
+    CHECK_EQ(dget(1, DET_COPY, back, 5001, dst), 0L);
+    CHECK(std::memcmp(back, src + 3, 5001) == 0);
+    CHECK_EQ(static_cast<int>(g_bytes[1001]), 0);  // the parent's own copy is untouched
+    out += "ok";
+  });
+  EXPECT_EQ(out, "ok");
+}
+
+TEST(Copy, BadRangesAreErrorsNotCrashes) {
+  auto r = in_master([](std::string&) {
+    static char buf[64];
+    if (dput(0, 0, nullptr, 0, nullptr) == DET_CHILD) ret_forever();
+    // Wrapping, beyond user space, unmapped source.
+    CHECK_EQ(dput(0, DET_COPY, buf, 64, reinterpret_cast<void*>(~0UL - 10)), -EINVAL);
+    CHECK_EQ(dput(0, DET_COPY, buf, 64, reinterpret_cast<void*>(0x800000000000UL)), -EINVAL);
+    CHECK_EQ(dget(0, DET_COPY, reinterpret_cast<void*>(16), 64, buf), -EINVAL);  // page 0
+    void* nowhere = reinterpret_cast<void*>(0x400000000000UL);  // valid, unmapped
+    CHECK_EQ(dput(0, DET_COPY, nowhere, 64, buf), -EFAULT);
+    CHECK_EQ(dget(0, DET_COPY, buf, 64, nowhere), -EFAULT);
+    // Perm must be page aligned.
+    CHECK_EQ(dput(0, DET_PERM | DET_PROT_READ, nullptr, 100, buf), -EINVAL);
+    // Get with both Copy and Merge; Put with Merge.
+    CHECK_EQ(dget(0, DET_COPY | DET_MERGE, buf, 8, buf), -EINVAL);
+    CHECK_EQ(dput(0, DET_MERGE, buf, 8, buf), -EINVAL);
+    CHECK_EQ(dget(7, DET_COPY, buf, 8, buf), -ESRCH);
+    CHECK_EQ(dput(0, 1UL << 40, buf, 8, buf), -EINVAL);  // undefined flag, from the master
+  });
+  EXPECT_TRUE(r.ok()) << r.out;
+}
+
+TEST(Copy, UnmappedDestinationIsMappedReadWrite) {
+  auto r = in_master([](std::string&) {
+    static uint64_t v = 0x1234;
+    uint64_t far = 0x300000000000ULL;
+    if (dput(0, 0, nullptr, 0, nullptr) == DET_CHILD) ret_forever();
+    CHECK_EQ(dput(0, DET_COPY, &v, 8, reinterpret_cast<void*>(far + 12)), 0L);
+    uint64_t back[2] = {};
+    CHECK_EQ(dget(0, DET_COPY, back, 16, reinterpret_cast<void*>(far + 4)), 0L);
+    CHECK_EQ(back[0], 0ULL);
+    CHECK_EQ(back[1], 0x1234ULL);
+    uint64_t got = 0;
+    CHECK_EQ(dget(0, DET_COPY, &got, 8, reinterpret_cast<void*>(far + 12)), 0L);
+    CHECK_EQ(got, 0x1234ULL);
+  });
+  EXPECT_TRUE(r.ok()) << r.out;
+}
+
+TEST(Zero, PutZeroClearsPartialAndWholePagesOfTheChild) {
+  auto r = in_master([](std::string&) {
+    std::memset(const_cast<uint8_t*>(g_bytes), 0xab, sizeof g_bytes);
+    if (dput(0, 0, nullptr, 0, nullptr) == DET_CHILD) ret_forever();
+    void* z = const_cast<uint8_t*>(&g_bytes[100]);
+    CHECK_EQ(dput(0, DET_ZERO, nullptr, 8192, z), 0L);
+    static uint8_t back[sizeof g_bytes];
+    CHECK_EQ(dget(0, DET_COPY, back, sizeof back, const_cast<uint8_t*>(g_bytes)), 0L);
+    for (size_t i = 0; i < sizeof back; ++i) CHECK_EQ(static_cast<int>(back[i]), (i >= 100 && i < 8292) ? 0 : 0xab);
+  });
+  EXPECT_TRUE(r.ok()) << r.out;
+}
+
+TEST(Perm, GetPermOnSelfAllocatesZeroPagesInASpace) {
+  std::string out = twice([](std::string& out) {
+    static volatile long result = -1;
+    if (dfork(0) == 0) {
+      uint64_t at = 0x200000000000ULL;
+      long r = dget(0, DET_PERM | DET_PROT_READ | DET_PROT_WRITE, reinterpret_cast<void*>(at),
+                    3 * 4096, nullptr);
+      auto* p = reinterpret_cast<volatile uint64_t*>(at);
+      p[1000] = 5;
+      result = r + static_cast<long>(p[1000]) + static_cast<long>(p[0]);
+      ret_forever();
+    }
+    CHECK_EQ(djoin(0), 0);
+    out += std::to_string(result);
+  });
+  EXPECT_EQ(out, "5");
+}
+
+TEST(Perm, ReadOnlyPageFaultsTheChildOnWrite) {
+  std::string out = twice([](std::string& out) {
+    if (dfork(0) == 0) {
+      for (;;) {
+        g_bytes[4096] = g_bytes[4096] + 1;
+        dret();
+      }
+    }
+    CHECK_EQ(status_of(0).state, DET_S_STOPPED);
+    // Make page 1 of g_bytes read-only in the child and run it again.
+    CHECK_EQ(dput(0, DET_PERM | DET_PROT_READ, nullptr, 4096,
+                  const_cast<uint8_t*>(&g_bytes[4096])), 0L);
+    CHECK_EQ(dput(0, DET_START, nullptr, 0, nullptr), 0L);
+    det_status st = status_of(0);
+    out += status_str(st);
+    CHECK_EQ(st.addr, reinterpret_cast<uint64_t>(&g_bytes[4096]));
+    CHECK_EQ(dput(0, DET_KILL, nullptr, 0, nullptr), 0L);
+  });
+  EXPECT_NE(out.find("state=4"), std::string::npos) << out;
+  EXPECT_NE(out.find("sig=11"), std::string::npos) << out;
+}
+
+TEST(Regs, GetRegsThenPutRegsResumesWhereTold) {
+  std::string out = twice([](std::string& out) {
+    static volatile long phase = 0;
+    if (dfork(0) == 0) {
+      for (;;) {
+        phase = phase + 1;
+        dret();
+      }
+    }
+    det_regs regs;
+    CHECK_EQ(status_of(0).state, DET_S_STOPPED);
+    CHECK_EQ(dget(0, DET_REGS, &regs, sizeof regs, nullptr), 0L);
+    // Restart it with its own registers: it goes round the loop once more.
+    CHECK_EQ(dput(0, DET_REGS | DET_START, &regs, sizeof regs, nullptr), 0L);
+    CHECK_EQ(status_of(0).state, DET_S_STOPPED);
+    long got = 0;
+    CHECK_EQ(dget(0, DET_COPY, &got, sizeof got, const_cast<long*>(&phase)), 0L);
+    out += std::to_string(got);
+    CHECK_EQ(dput(0, DET_REGS, &regs, 8, nullptr), -EINVAL);  // wrong size
+    CHECK_EQ(dput(0, DET_KILL, nullptr, 0, nullptr), 0L);
+  });
+  EXPECT_EQ(out, "2");
+}
+
+TEST(Status, ReportsExitCodeAndAbsentChildren) {
+  std::string out = twice([](std::string& out) {
+    if (dfork(2) == 0) _exit(42);
+    det_status st = status_of(2);
+    out += status_str(st);
+    CHECK_EQ(djoin(2), -DET_EEXITED);
+    CHECK_EQ(status_of(2).state, DET_S_ABSENT);
+  });
+  EXPECT_NE(out.find("state=3 exit=42"), std::string::npos) << out;
+}
+
+TEST(Status, DontWaitPollsARunningChild) {
+  auto r = in_master([](std::string&) {
+    if (dfork(0) == 0) {
+      while (g_spin == 0) {
+      }
+      ret_forever();
+    }
+    det_status st{};
+    CHECK_EQ(dget(0, DET_STATUS | DET_DONT_WAIT, &st, sizeof st, nullptr), 0L);
+    CHECK_EQ(st.state, DET_S_RUNNING);
+    CHECK_EQ(dget(0, DET_COPY | DET_DONT_WAIT, &st, 4, const_cast<int*>(&g_spin)), -EAGAIN);
+    CHECK_EQ(dput(0, DET_KILL, nullptr, 0, nullptr), 0L);
+  });
+  EXPECT_TRUE(r.ok()) << r.out;
+}
+
+TEST(Status, WallClockTimeoutLeavesTheChildRunning) {
+  auto r = in_master([](std::string&) {
+    if (dfork(0) == 0) {
+      for (;;) {
+      }
+    }
+    CHECK_EQ(det_set_wait_timeout(100), 0);
+    det_status st{};
+    CHECK_EQ(dget(0, DET_STATUS, &st, sizeof st, nullptr), -ETIMEDOUT);
+    CHECK_EQ(dget(0, DET_STATUS | DET_DONT_WAIT, &st, sizeof st, nullptr), 0L);
+    CHECK_EQ(st.state, DET_S_RUNNING);
+    CHECK_EQ(dput(0, DET_KILL, nullptr, 0, nullptr), 0L);
+  });
+  EXPECT_TRUE(r.ok()) << r.out;
+}
+
+namespace {
+volatile sig_atomic_t g_sigint_seen;
+void on_sigint(int) { g_sigint_seen = 1; }
+}  // namespace
+
+TEST(Status, AllowedSignalInterruptsTheMastersWaitAndIsDelivered) {
+  auto r = in_master([](std::string&) {
+    signal(SIGINT, on_sigint);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    CHECK_EQ(det_allow_signals(&set), 0);
+    if (dfork(0) == 0) {
+      for (;;) {
+      }
+    }
+    pid_t me = getpid();
+    if (fork() == 0) {  // an ordinary process, outside detux
+      usleep(100 * 1000);
+      kill(me, SIGINT);
+      _exit(0);
+    }
+    det_status st{};
+    CHECK_EQ(dget(0, DET_STATUS, &st, sizeof st, nullptr), -EINTR);
+    CHECK_EQ(static_cast<int>(g_sigint_seen), 1);
+    CHECK_EQ(dput(0, DET_KILL, nullptr, 0, nullptr), 0L);
+  });
+  EXPECT_TRUE(r.ok()) << r.out;
+}
+
+TEST(Tree, ThreeLevelsDeepMergeUpwardsInOrder) {
+  std::string out = twice([](std::string& out) {
+    if (dfork(0) == 0) {
+      for (int i = 0; i < 2; ++i) {
+        if (dfork(i) == 0) {
+          if (dfork(0) == 0) {
+            g_words[10 + i] = 1000 + i;  // the grandchild's write
+            ret_forever();
+          }
+          if (djoin(0) != 0) _exit(3);
+          g_words[20 + i] = g_words[10 + i] + 1;
+          ret_forever();
+        }
+      }
+      for (int i = 0; i < 2; ++i)
+        if (djoin(i) != 0) _exit(4);
+      g_words[30] = g_words[20] + g_words[21];
+      ret_forever();
+    }
+    det_status st{};
+    int r = djoin_status(0, &st);
+    out += std::to_string(r) + " " + status_str(st) + " ";
+    CHECK_EQ(r, 0);
+    out += std::to_string(g_words[10]) + " " + std::to_string(g_words[21]) + " " +
+           std::to_string(g_words[30]);
+  });
+  EXPECT_NE(out.find("1000 1002 2003"), std::string::npos) << out;
+}
+
+TEST(Tree, SpaceWaitsOnItsRunningChildInPutAndGet) {
+  std::string out = twice([](std::string& out) {
+    if (dfork(0) == 0) {
+      if (dfork(5) == 0) {
+        g_words[50] = 0;
+        for (int k = 0; k < 1000000; ++k) g_words[50] = g_words[50] + 1;  // run a while
+        ret_forever();
+      }
+      det_status st{};
+      long r = dget(5, DET_STATUS, &st, sizeof st, nullptr);  // blocks until it stops
+      g_words[51] = static_cast<uint64_t>(r * 10 + st.state);
+      if (djoin(5) != 0) _exit(5);
+      ret_forever();
+    }
+    CHECK_EQ(djoin(0), 0);
+    out += std::to_string(g_words[50]) + " " + std::to_string(g_words[51]);
+  });
+  EXPECT_EQ(out, "1000000 2");
+}
+
+TEST(Limits, SpaceQuotaIsHitDeterministically) {
+  std::string out = twice([](std::string& out) {
+    det_limits l{};
+    l.max_spaces = 50;
+    CHECK_EQ(det_set_limits(&l), 0);
+    int made = 0;
+    long err = 0;
+    for (int i = 0; i < 100; ++i) {
+      int r = dfork(i);
+      if (r == 0) ret_forever();
+      if (r < 0) {
+        err = r;
+        break;
+      }
+      ++made;
+    }
+    out += std::to_string(made) + " " + std::to_string(err);
+    CHECK_EQ(err, static_cast<long>(-DET_ELIMIT));
+    for (int i = 0; i < made; ++i) CHECK_EQ(djoin(i), 0);
+    CHECK_EQ(dfork(0) == 0 ? 0 : 1, 1);  // the quota came back
+    if (false) ret_forever();
+  });
+  EXPECT_FALSE(out.empty());
+}
+
+TEST(Limits, MemoryLimitRefusesGrowthDeterministically) {
+  std::string out = twice([](std::string& out) {
+    det_limits l{};
+    l.max_space_bytes = 1 << 20;
+    CHECK_EQ(det_set_limits(&l), 0);
+    static volatile long r1 = 0, r2 = 0;
+    if (dfork(0) == 0) {
+      auto* at = reinterpret_cast<void*>(0x210000000000ULL);
+      r1 = dget(0, DET_PERM | DET_PROT_READ | DET_PROT_WRITE, at, 1 << 19, nullptr);
+      r2 = dget(0, DET_PERM | DET_PROT_READ | DET_PROT_WRITE,
+                reinterpret_cast<char*>(at) + (1 << 19), 1 << 20, nullptr);
+      ret_forever();
+    }
+    CHECK_EQ(djoin(0), 0);
+    out += std::to_string(r1) + " " + std::to_string(r2);
+  });
+  EXPECT_EQ(out, "0 -12");
+}
