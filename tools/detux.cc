@@ -1,0 +1,119 @@
+// detux: the command-line tool.
+//
+//   detux run [--trace] PROGRAM ARGS...
+//
+// starts PROGRAM as a master in a fixed environment, so that a deterministic
+// program prints the same bytes on every run: address-space randomisation
+// off (personality ADDR_NO_RANDOMIZE), the 16 AT_RANDOM bytes (stack canary,
+// pointer guard) fixed, a minimal fixed environment, and every symbol bound
+// at start (LD_BIND_NOW, so lazy binding never writes memory that a merge
+// would see).  The tool traces PROGRAM only until its first instruction, to
+// write AT_RANDOM, then detaches: PROGRAM itself becomes the master of its
+// spaces.  --trace makes the supervisor log every call and stop to stderr.
+#include <CLI/CLI.hpp>
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/personality.h>
+#include <sys/ptrace.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+// The AT_RANDOM bytes every run gets.
+constexpr unsigned char kFixedRandom[16] = {0x00, 0x12, 0x23, 0x34, 0x45, 0x56, 0x67, 0x78,
+                                            0x89, 0x9a, 0xab, 0xbc, 0xcd, 0xde, 0xef, 0xf0};
+
+std::vector<std::string> fixed_env(bool trace, const std::vector<std::string>& extra) {
+  std::vector<std::string> env = {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/", "LANG=C",
+                                  "LC_ALL=C", "TZ=UTC", "LD_BIND_NOW=1"};
+  if (trace) env.push_back("DETUX_TRACE=1");
+  // Sanitizer settings pass through so that instrumented builds can be run.
+  for (const char* keep : {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"})
+    if (const char* v = getenv(keep)) env.push_back(std::string(keep) + "=" + v);
+  for (const auto& e : extra) env.push_back(e);
+  return env;
+}
+
+// Finds AT_RANDOM in /proc/PID/auxv and writes the fixed bytes there.
+bool fix_at_random(pid_t pid) {
+  std::string path = "/proc/" + std::to_string(pid) + "/auxv";
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  Elf64_auxv_t aux[128];
+  ssize_t n = read(fd, aux, sizeof aux);
+  close(fd);
+  for (ssize_t i = 0; n > 0 && i < n / static_cast<ssize_t>(sizeof aux[0]); ++i) {
+    if (aux[i].a_type != AT_RANDOM) continue;
+    iovec local{const_cast<unsigned char*>(kFixedRandom), sizeof kFixedRandom};
+    iovec remote{reinterpret_cast<void*>(aux[i].a_un.a_val), sizeof kFixedRandom};
+    return process_vm_writev(pid, &local, 1, &remote, 1, 0) == sizeof kFixedRandom;
+  }
+  return false;
+}
+
+int run(const std::vector<std::string>& cmd, bool trace, const std::vector<std::string>& extra) {
+  std::vector<std::string> env = fixed_env(trace, extra);
+  std::vector<char*> argv, envp;
+  for (const auto& a : cmd) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  for (const auto& e : env) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
+  std::fflush(nullptr);
+  pid_t pid = fork();
+  if (pid < 0) {
+    std::perror("detux: fork");
+    return 125;
+  }
+  if (pid == 0) {
+    if (personality(ADDR_NO_RANDOMIZE) < 0 || ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != 0) {
+      std::perror("detux: setting up the program");
+      _exit(125);
+    }
+    execvpe(argv[0], argv.data(), envp.data());
+    std::fprintf(stderr, "detux: cannot run %s: %s\n", argv[0], std::strerror(errno));
+    _exit(127);
+  }
+  int st;
+  if (waitpid(pid, &st, 0) < 0) return 125;
+  if (WIFSTOPPED(st)) {  // stopped at exec, before its first instruction
+    if (!fix_at_random(pid)) {
+      std::fprintf(stderr, "detux: cannot fix AT_RANDOM of %s\n", argv[0]);
+      kill(pid, SIGKILL);
+    }
+    ptrace(PTRACE_DETACH, pid, nullptr, nullptr);
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+  }
+  if (WIFEXITED(st)) return WEXITSTATUS(st);
+  if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
+  return 125;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"detux: deterministic spaces on Linux"};
+  app.require_subcommand(1);
+  auto* run_cmd = app.add_subcommand("run", "run PROGRAM as master in a fixed environment");
+  bool trace = false;
+  std::vector<std::string> cmd, extra;
+  run_cmd->add_flag("--trace", trace, "log every call and stop of every space to stderr");
+  run_cmd->add_option("--env", extra, "add VAR=VALUE to the fixed environment");
+  run_cmd->add_option("command", cmd, "PROGRAM ARGS...")->required();
+  run_cmd->prefix_command();  // everything after PROGRAM belongs to it
+  CLI11_PARSE(app, argc, argv);
+  if (run_cmd->parsed()) {
+    for (const auto& r : run_cmd->remaining()) cmd.push_back(r);
+    return run(cmd, trace, extra);
+  }
+  return 0;
+}
