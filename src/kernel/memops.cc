@@ -118,13 +118,15 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
   std::vector<uint64_t>& pages = *dirty;
   if (pages.empty()) return 0;
   // Pages the parent lacks (the child mapped them) are created in the parent.
-  for (uint64_t pg : pages) {
-    auto gaps = m_.holes(parent.proc, MemRange{pg, kPage});
-    if (!gaps.ok()) return gaps.err();
-    if (gaps->empty()) continue;
-    if (long g = gain(parent, kPage); g < 0) return g;
-    Status s = m_.map_zero(parent.proc, MemRange{pg, kPage}, PROT_READ | PROT_WRITE);
-    if (!s.ok()) return s.err();
+  auto gaps = m_.holes(parent.proc, span);
+  if (!gaps.ok()) return gaps.err();
+  for (const MemRange& h : *gaps) {
+    auto first = std::lower_bound(pages.begin(), pages.end(), h.start);
+    for (auto it = first; it != pages.end() && *it < h.end(); ++it) {
+      if (long g = gain(parent, kPage); g < 0) return g;
+      Status s = m_.map_zero(parent.proc, MemRange{*it, kPage}, PROT_READ | PROT_WRITE);
+      if (!s.ok()) return s.err();
+    }
   }
   size_t n = pages.size();
   std::vector<uint8_t> mine(n * kPage), theirs(n * kPage), ref(n * kPage);

@@ -49,7 +49,7 @@ struct Detect {
   size_t hi;              // end of the last one, clipped to len; 0 = none yet
 };
 
-inline void note_change(Detect& d, size_t begin, size_t end) {
+DETUX_INLINE void note_change(Detect& d, size_t begin, size_t end) {
   if (d.hi == 0) d.lo = begin;
   d.hi = end;
 }

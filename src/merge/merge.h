@@ -24,10 +24,11 @@
 // join.  There are two implementations with identical results: an AVX2 one,
 // picked at run time when the CPU has AVX2, and a portable one working on
 // 64-bit words.  Both make two passes over the range: the first only
-// compares (it finds conflicts and the span of changed bytes, skipping
-// 32-byte blocks the child did not touch), the second stores, and only into
-// blocks the child changed, so an untouched parent page is never written
-// (and never taken out of copy-on-write sharing) when out == dst.
+// compares (it finds conflicts and where the changes are, skipping blocks
+// the child did not touch), the second stores, and only into the 128-byte
+// groups (AVX2) or 8-byte words (portable) the child changed.  So when
+// out == dst, a parent page the child did not change is never written, and
+// never taken out of copy-on-write sharing.
 #pragma once
 
 #include <cstddef>

@@ -14,6 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "abi.h"
 #include "confine/cpuid.h"
 #include "ptrace/ptrace_machine.h"
@@ -44,6 +46,7 @@ Result<StopEvent> PtraceMachine::next_event(const WaitPolicy& policy) {
   }
   pthread_sigmask(SIG_BLOCK, &waitset, &old);
   long deadline = policy.timeout_ms > 0 ? now_ms() + policy.timeout_ms : 0;
+  reap_graveyard();
   Result<StopEvent> out = Err{-ECHILD};
   for (;;) {
     int st;
@@ -88,7 +91,10 @@ Result<StopEvent> PtraceMachine::next_event(const WaitPolicy& policy) {
 bool PtraceMachine::decode(pid_t pid, int st, StopEvent* ev) {
   auto it = procs_.find(pid);
   if (it == procs_.end()) {
-    // A snapshot or a forgotten space.  Snapshots stay stopped forever.
+    // A snapshot, or a killed space on its way out.  Snapshots stay stopped.
+    if (WIFSTOPPED(st) && std::find(graveyard_.begin(), graveyard_.end(), pid) != graveyard_.end())
+      ptrace(PTRACE_CONT, pid, nullptr, nullptr);
+    if (WIFEXITED(st) || WIFSIGNALED(st)) std::erase(graveyard_, pid);
     if (WIFEXITED(st) || WIFSIGNALED(st)) {
       auto r = refs_.find(pid);
       if (r != refs_.end()) {  // killed from outside: the owner loses it

@@ -18,6 +18,7 @@
 // tracee to one tracer thread).
 #pragma once
 
+#include <sched.h>
 #include <sys/types.h>
 #include <sys/user.h>
 
@@ -50,6 +51,7 @@ struct Proc {
   std::vector<MemRange> remapped;     // zero-mapped since the snapshot
   uint64_t tsc = 0;                   // emulated time stamp counter
   int pagemap_fd = -1;
+  bool pinned = false;  // kept on the master's CPU while the supervisor works on it
 };
 
 // The function a space made by the master runs when first started: it jumps
@@ -96,11 +98,17 @@ class PtraceMachine final : public Machine {
   bool emulate_insn(Proc* p);
   Result<pid_t> wait_pid(pid_t pid, int* status);
   void kill_and_reap(pid_t pid);
+  void kill_later(pid_t pid, bool stopped);
+  void reap_graveyard();
+  void pin(Proc* p);
+  void unpin(Proc* p);
 
   Proc master_;
   std::map<pid_t, std::unique_ptr<Proc>> procs_;
   std::map<pid_t, Proc*> refs_;  // snapshot pid -> its owner
   pid_t pgid_ = 0;               // the process group all spaces share
+  std::vector<pid_t> graveyard_; // killed, not yet reaped
+  cpu_set_t all_cpus_{};         // the master's affinity when it became master
 };
 
 }  // namespace detux

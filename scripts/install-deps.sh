@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs every Debian package detux needs to build, test and benchmark.
+# Safe to run again; needs root (or sudo).
+set -euo pipefail
+packages=(
+  build-essential cmake ninja-build pkg-config  # the build
+  libseccomp-dev         # the seccomp filter that confines every space
+  libfmt-dev             # the supervisor's trace output
+  libcli11-dev           # the detux command line
+  libgtest-dev           # tests (GoogleTest)
+  libbenchmark-dev       # micro-benchmarks (Google Benchmark)
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
