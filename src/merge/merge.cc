@@ -306,29 +306,6 @@ DETUX_AVX2 void apply_avx2(uint8_t* out, const uint8_t* src, const uint8_t* ref,
   if (j < s.hi) apply_word_span(out, src, ref, j, s.hi);
 }
 
-DETUX_AVX2 bool equal_avx2(const uint8_t* a, const uint8_t* b, size_t len) {
-  size_t i = 0;
-  for (; i + 4 * kBlock <= len; i += 4 * kBlock) {
-    const __m256i x =
-        _mm256_or_si256(_mm256_or_si256(_mm256_xor_si256(ld(a + i), ld(b + i)),
-                                        _mm256_xor_si256(ld(a + i + 32), ld(b + i + 32))),
-                        _mm256_or_si256(_mm256_xor_si256(ld(a + i + 64), ld(b + i + 64)),
-                                        _mm256_xor_si256(ld(a + i + 96), ld(b + i + 96))));
-    if (!_mm256_testz_si256(x, x)) return false;
-  }
-  for (; i + kBlock <= len; i += kBlock) {
-    const __m256i x = _mm256_xor_si256(ld(a + i), ld(b + i));
-    if (!_mm256_testz_si256(x, x)) return false;
-  }
-  for (; i + 8 <= len; i += 8) {
-    if (load64(a + i) != load64(b + i)) return false;
-  }
-  for (; i < len; ++i) {
-    if (a[i] != b[i]) return false;
-  }
-  return true;
-}
-
 struct AvxEngine {
   using State = AvxState;
   static DETUX_AVX2 bool detect(const uint8_t* dst, const uint8_t* src, const uint8_t* ref,
@@ -379,10 +356,6 @@ DETUX_INLINE Outcome run(uint8_t* out, const uint8_t* dst, const uint8_t* src, c
   return {false, len, s.changed};
 }
 
-bool equal_word(const uint8_t* a, const uint8_t* b, size_t len) {
-  return len == 0 || std::memcmp(a, b, len) == 0;
-}
-
 bool cpu_has_avx2() {
 #if DETUX_MERGE_X86
   __builtin_cpu_init();
@@ -393,20 +366,18 @@ bool cpu_has_avx2() {
 }
 
 using MergeFn = Outcome (*)(uint8_t*, const uint8_t*, const uint8_t*, const uint8_t*, size_t);
-using EqualFn = bool (*)(const uint8_t*, const uint8_t*, size_t);
 
 struct Dispatch {
   bool avx2;
   MergeFn merge;
-  EqualFn equal;
   const char* name;
 };
 
 Dispatch pick() {
 #if DETUX_MERGE_X86
-  if (cpu_has_avx2()) return {true, merge3_avx2, equal_avx2, "avx2"};
+  if (cpu_has_avx2()) return {true, merge3_avx2, "avx2"};
 #endif
-  return {false, merge3_word, equal_word, "word"};
+  return {false, merge3_word, "word"};
 }
 
 // Resolved once: during static initialisation, or at first use if that
@@ -445,7 +416,11 @@ Outcome merge3(uint8_t* out, const uint8_t* dst, const uint8_t* src, const uint8
   return dispatch().merge(out, dst, src, ref, len);
 }
 
-bool equal(const uint8_t* a, const uint8_t* b, size_t len) { return dispatch().equal(a, b, len); }
+// glibc's memcmp already runs on the widest vectors the CPU has; an AVX2
+// loop here measured ~15% slower than it on equal 4 KiB pages.
+bool equal(const uint8_t* a, const uint8_t* b, size_t len) {
+  return len == 0 || std::memcmp(a, b, len) == 0;
+}
 
 const char* implementation_name() { return dispatch().name; }
 

@@ -53,10 +53,11 @@ struct Outcome {
 Outcome merge3(uint8_t* out, const uint8_t* dst, const uint8_t* src, const uint8_t* ref,
                size_t len);
 
-// True when the two ranges hold the same bytes.
+// True when the two ranges hold the same bytes (memcmp underneath: libc
+// already dispatches it to the CPU's widest vectors).
 bool equal(const uint8_t* a, const uint8_t* b, size_t len);
 
-// "avx2" or "word": the implementation merge3 and equal dispatch to.
+// "avx2" or "word": the implementation merge3 dispatches to.
 const char* implementation_name();
 
 // The individual implementations, exposed for tests and benchmarks.  Same

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -101,7 +102,51 @@ int open_pagemap(Proc* p) {
   return p->pagemap_fd;
 }
 
+// PAGEMAP_SCAN (Linux 6.7): walks the page tables and reports populated
+// ranges only, so a huge sparse mapping (a 1 GiB arena with one page
+// written, AddressSanitizer's shadow) costs what is populated, not its size.
+// Defined here because Debian 12's kernel headers predate it.
+struct PmScanArg {
+  uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+  uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+struct PageRegion {
+  uint64_t start, end, categories;
+};
+constexpr uint64_t kPageIsPresent = 1 << 3, kPageIsSwapped = 1 << 4;
+constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
+
+// Populated ranges of [start, end); false if the kernel lacks PAGEMAP_SCAN.
+bool populated_ranges(int fd, uint64_t start, uint64_t end, std::vector<MemRange>* out) {
+  PageRegion regions[256];
+  while (start < end) {
+    PmScanArg arg{};
+    arg.size = sizeof arg;
+    arg.start = start;
+    arg.end = end;
+    arg.vec = reinterpret_cast<uint64_t>(regions);
+    arg.vec_len = 256;
+    arg.category_anyof_mask = kPageIsPresent | kPageIsSwapped;
+    arg.return_mask = kPageIsPresent | kPageIsSwapped;
+    long n = ioctl(fd, kPagemapScan, &arg);
+    if (n < 0) return false;
+    for (long i = 0; i < n; ++i) out->push_back({regions[i].start, regions[i].end - regions[i].start});
+    if (arg.walk_end <= start) break;
+    start = arg.walk_end;
+  }
+  return true;
+}
+
 // Pages of [start, end) that are present and mapped only by this process.
+Status exclusive_pages(int fd, uint64_t start, uint64_t end, std::vector<uint64_t>* out);
+
+Status exclusive_in_populated(int fd, uint64_t start, uint64_t end, std::vector<uint64_t>* out) {
+  std::vector<MemRange> ranges;
+  if (!populated_ranges(fd, start, end, &ranges)) return exclusive_pages(fd, start, end, out);
+  for (const MemRange& r : ranges) DETUX_TRY(exclusive_pages(fd, r.start, r.end(), out));
+  return ok_status();
+}
+
 Status exclusive_pages(int fd, uint64_t start, uint64_t end, std::vector<uint64_t>* out) {
   constexpr size_t kChunk = 8192;  // entries per pread (64 KiB)
   static thread_local uint64_t buf[kChunk];
@@ -221,7 +266,7 @@ Result<std::vector<uint64_t>> PtraceMachine::dirty_pages(Proc* p, MemRange r) {
   for (const Vma& v : *maps) {
     uint64_t s = std::max(v.start, r.start), e = std::min(v.end, r.end());
     if (s >= e || !v.priv) continue;
-    DETUX_TRY(exclusive_pages(fd, s, e, &out));
+    DETUX_TRY(exclusive_in_populated(fd, s, e, &out));
   }
   for (uint64_t pg : p->dirty_accum)
     if (pg >= r.start && pg < r.end()) out.push_back(pg);

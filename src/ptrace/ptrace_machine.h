@@ -96,6 +96,7 @@ class PtraceMachine final : public Machine {
   bool decode(pid_t pid, int status, StopEvent* ev);
   bool decode_signal(Proc* p, StopEvent* ev);
   bool emulate_insn(Proc* p);
+  bool answer_query(Proc* p);
   Result<pid_t> wait_pid(pid_t pid, int* status);
   void kill_and_reap(pid_t pid);
   void kill_later(pid_t pid, bool stopped);
