@@ -70,6 +70,12 @@ void PtraceMachine::kill_later(pid_t pid, bool stopped) {
   if (pid <= 0) return;
   if (stopped) ptrace(PTRACE_SETOPTIONS, pid, nullptr, kPtraceOptions & ~PTRACE_O_TRACEEXIT);
   kill(pid, SIGKILL);
+  if (!stopped) {  // it will stop once more, at PTRACE_EVENT_EXIT, holding its memory
+    int st;
+    while (waitpid(pid, &st, __WALL) < 0 && errno == EINTR) {
+    }
+    if (WIFEXITED(st) || WIFSIGNALED(st)) return;
+  }
   ptrace(PTRACE_CONT, pid, nullptr, nullptr);  // an exit stop is not woken by SIGKILL
   graveyard_.push_back(pid);
   reap_graveyard();
@@ -212,9 +218,10 @@ Result<pid_t> PtraceMachine::inject_clone(Proc* p) {
   pid_t child = 0;
   const long args[6] = {CLONE_PARENT, 0, 0, 0, 0, 0};
   auto r = inject(p, SYS_clone, args, &child);
-  if (!r.ok()) return Err{r.err()};
-  if (*r < 0) return Err{*r};
-  DETUX_ASSERT(child > 0 && *r == child);
+  if (!r.ok() || *r < 0 || *r != child) {
+    if (child > 0) kill_later(child, false);  // it was made: never let it live
+    return Err{!r.ok() ? r.err() : *r < 0 ? *r : -ECHILD};
+  }
   int st;
   DETUX_TRY(wait_pid(child, &st));
   if (!WIFSTOPPED(st)) return Err{-ECHILD};
@@ -267,6 +274,12 @@ Status PtraceMachine::resume(Proc* p, long result) {
 // `args`, whatever the space has done to its own memory.
 Result<long> PtraceMachine::inject(Proc* p, long nr, const long (&args)[6], pid_t* forked) {
   DETUX_TRY(fetch_regs(p));
+  // The space may have remapped the gadget's page (Perm on itself): the
+  // gadget must still be exactly `syscall; int3`, or nothing is injected.
+  uint8_t code[3];
+  static constexpr uint8_t kGadget[3] = {0x0f, 0x05, 0xcc};
+  if (!read(p, gadget_addr(), code, sizeof code).ok() || std::memcmp(code, kGadget, 3) != 0)
+    return Err{-EPERM};
   pin(p);
   user_regs_struct saved = p->regs;
   user_regs_struct r = saved;
@@ -289,7 +302,9 @@ Result<long> PtraceMachine::inject(Proc* p, long nr, const long (&args)[6], pid_
     if (is_event(st, PTRACE_EVENT_SECCOMP)) {
       user_regs_struct now;
       ptrace(PTRACE_GETREGS, p->pid, nullptr, &now);
-      bool ours = now.rip == gadget_addr() + 2 && static_cast<long>(now.orig_rax) == nr &&
+      unsigned long data = 0;
+      ptrace(PTRACE_GETEVENTMSG, p->pid, nullptr, &data);
+      bool ours = data == abi::kSeccompRefused && now.rip == gadget_addr() + 2 && static_cast<long>(now.orig_rax) == nr &&
                   static_cast<long>(now.rdi) == args[0] && static_cast<long>(now.rsi) == args[1] &&
                   static_cast<long>(now.rdx) == args[2] && static_cast<long>(now.r10) == args[3] &&
                   static_cast<long>(now.r8) == args[4] && static_cast<long>(now.r9) == args[5];
