@@ -938,13 +938,13 @@ void print_summary() {
   rows.push_back({"x", "  same, tracer thread with it too", fig("rawptrace_pinned_cpuidboth"), "us",
                   "ptrace stop pinned", raw, "(info)", -1});
   double sc = fig("space_status_pinned_cpuidmaster");
-  rows.push_back({"x", "space dget(STATUS) pinned, master CPUID-faulting", sc, "us",
+  rows.push_back({"x", "space dget(STATUS) pinned, master CPUID-fault", sc, "us",
                   "ptrace stop pinned", raw, "<= 5 us", check_le(sc, 5)});
   double cc = fig("space_copy_pinned_cpuidmaster");
-  rows.push_back({"x", "space dput(COPY 16 B) pinned, master CPUID-faulting", cc, "us",
+  rows.push_back({"x", "space dput(COPY 16 B) pinned, master CPUID-fault", cc, "us",
                   "ptrace stop pinned", raw, "<= 5 us", check_le(cc, 5)});
   double uc = fig("space_status_unpinned_cpuidmaster");
-  rows.push_back({"x", "space dget(STATUS) unpinned, master CPUID-faulting", uc, "us",
+  rows.push_back({"x", "space dget(STATUS) unpinned, master CPUID-fault", uc, "us",
                   "ptrace stop unpinned", fig("rawptrace_unpinned"), "<= 5 us", check_le(uc, 5)});
   double ms = fig("master_status"), mc = fig("master_copy64");
   rows.push_back({"2", "master dget(STATUS) on stopped child", ms, "us", "getppid()", ppid,
