@@ -25,6 +25,15 @@
 //      region populated or not (goal <= 2 ms).  Baseline: one pread of the
 //      region's /proc/self/pagemap entries.
 //   6. (1) with the master and its spaces pinned to CPU 0, and unpinned.
+//      "pinnedfork" is sched_setaffinity before dfork only; "pinned" also
+//      re-pins the master and all its children once the spaces exist,
+//      because the supervisor resets affinities as it works (see Place).
+//   x. Experiments that explain the figures: the raw ptrace floor with
+//      CPUID faulting in the tracee (as in every space) and in both; and (1)
+//      with CPUID faulting turned on in the master thread too, so that a
+//      master<->space switch no longer rewrites MSR_MISC_FEATURES_ENABLES.
+//      Not what a program gets today; they show what a supervisor change
+//      would buy.
 // After the Google Benchmark output, main() prints a table of every figure
 // beside its baseline, the ratio, the goal and whether it holds.
 //
