@@ -13,9 +13,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <dirent.h>
+
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace detux::test {
 
@@ -83,6 +88,49 @@ inline std::string twice(const std::function<void(std::string&)>& scenario) {
   EXPECT_TRUE(b.ok()) << "status " << b.status << ": " << b.out;
   EXPECT_EQ(a.out, b.out) << "two runs differ";
   return a.out;
+}
+
+// A space's usual ending: stop and stay stopped until killed.
+[[noreturn]] inline void ret_forever() {
+  for (;;) dret();
+}
+
+// The status of child c (waits until it stops).  Master code only.
+inline det_status status_of(det_child_t c) {
+  det_status st{};
+  long r = dget(c, DET_STATUS, &st, sizeof st, nullptr);
+  CHECK_EQ(r, 0L);
+  return st;
+}
+
+// The processes whose parent is `parent` (from /proc/*/stat); every space is
+// a direct Linux child of its master.  `keep`, if given, filters by pid and
+// state letter.
+inline std::vector<pid_t> children_of(pid_t parent, bool (*keep)(pid_t, char) = nullptr) {
+  std::vector<pid_t> out;
+  DIR* d = opendir("/proc");
+  if (!d) return out;
+  while (dirent* e = readdir(d)) {
+    char* end;
+    long pid = std::strtol(e->d_name, &end, 10);
+    if (*end || pid <= 0) continue;
+    char path[64], buf[512];
+    std::snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE* f = std::fopen(path, "re");
+    if (!f) continue;
+    size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+    std::fclose(f);
+    buf[n] = 0;
+    char* rp = std::strrchr(buf, ')');
+    if (!rp) continue;
+    char state;
+    long ppid;
+    if (std::sscanf(rp + 1, " %c %ld", &state, &ppid) != 2 || ppid != parent) continue;
+    if (keep && !keep(static_cast<pid_t>(pid), state)) continue;
+    out.push_back(static_cast<pid_t>(pid));
+  }
+  closedir(d);
+  return out;
 }
 
 inline std::string status_str(const det_status& st) {

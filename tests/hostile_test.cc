@@ -36,6 +36,9 @@
 #include "harness.h"
 
 using detux::test::in_master;
+using detux::test::children_of;
+using detux::test::ret_forever;
+using detux::test::status_of;
 using detux::test::status_str;
 using detux::test::twice;
 
@@ -53,17 +56,6 @@ constexpr uint64_t kPage = 4096;
 // What a scenario saw, printed with DETUX_TEST_VERBOSE=1.
 void note(const std::string& out) {
   if (getenv("DETUX_TEST_VERBOSE")) std::printf("  saw: %s\n", out.c_str());
-}
-
-[[noreturn]] void ret_forever() {
-  for (;;) dret();
-}
-
-det_status status_of(det_child_t c) {
-  det_status st{};
-  long r = dget(c, DET_STATUS, &st, sizeof st, nullptr);
-  CHECK_EQ(r, 0L);
-  return st;
 }
 
 void kill_child(det_child_t c) { CHECK_EQ(dput(c, DET_KILL, nullptr, 0, nullptr), 0L); }
@@ -100,34 +92,8 @@ bool kill_pending(long pid) {
   return killed;
 }
 
-// The processes whose parent is `parent` (from /proc/*/stat); with
-// `live_only`, without zombies and processes with SIGKILL already pending.
-std::vector<pid_t> children_of(pid_t parent, bool live_only = false) {
-  std::vector<pid_t> out;
-  DIR* d = opendir("/proc");
-  if (!d) return out;
-  while (dirent* e = readdir(d)) {
-    char* end;
-    long pid = std::strtol(e->d_name, &end, 10);
-    if (*end || pid <= 0) continue;
-    char path[64], buf[512];
-    std::snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-    FILE* f = std::fopen(path, "re");
-    if (!f) continue;
-    size_t n = std::fread(buf, 1, sizeof buf - 1, f);
-    std::fclose(f);
-    buf[n] = 0;
-    char* rp = std::strrchr(buf, ')');
-    if (!rp) continue;
-    char state;
-    long ppid;
-    if (std::sscanf(rp + 1, " %c %ld", &state, &ppid) != 2 || ppid != parent) continue;
-    if (live_only && (state == 'Z' || state == 'X' || kill_pending(pid))) continue;
-    out.push_back(static_cast<pid_t>(pid));
-  }
-  closedir(d);
-  return out;
-}
+// Neither a zombie nor a process with SIGKILL already pending.
+bool is_live(pid_t pid, char state) { return state != 'Z' && state != 'X' && !kill_pending(pid); }
 
 // ---- Raw entry paths -------------------------------------------------------
 
@@ -692,7 +658,7 @@ TEST(DetuxCallAbuse, TrapFlagSetAcrossAForkFaultsTheSpaceAndLeavesNothingBehind)
     }
     size_t live = 0;
     for (int tries = 0; tries < 100; ++tries) {  // killed processes go lazily
-      live = children_of(getpid(), true).size();
+      live = children_of(getpid(), is_live).size();
       if (live == 0) break;
       usleep(10 * 1000);
     }
@@ -1325,10 +1291,10 @@ TEST(GadgetAbuse, ForkThroughABrokenGadgetLeavesNoUncountedProcess) {
     CHECK_EQ(dget(0, DET_COPY, res, sizeof res, const_cast<long*>(g_res)), 0L);
     out += "failed " + std::to_string(res[0]) + " last " + std::to_string(res[2]);
     // The space and its snapshot, and what its successful dforks made.
-    size_t live = children_of(getpid(), true).size();
+    size_t live = children_of(getpid(), is_live).size();
     kill_child(0);
     usleep(100 * 1000);
-    size_t left = children_of(getpid(), true).size();
+    size_t left = children_of(getpid(), is_live).size();
     std::string counts = "live processes under the master: " + std::to_string(live) +
                          ", after killing the space: " + std::to_string(left);
     CHECK_MSG(live <= 2 * 10, counts);

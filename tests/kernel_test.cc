@@ -7,6 +7,8 @@
 #include "harness.h"
 
 using detux::test::in_master;
+using detux::test::ret_forever;
+using detux::test::status_of;
 using detux::test::status_str;
 using detux::test::twice;
 
@@ -15,17 +17,6 @@ namespace {
 alignas(4096) volatile uint64_t g_words[1024];
 alignas(4096) volatile uint8_t g_bytes[3 * 4096];
 volatile int g_spin;
-
-[[noreturn]] void ret_forever() {
-  for (;;) dret();
-}
-
-det_status status_of(det_child_t c) {
-  det_status st{};
-  long r = dget(c, DET_STATUS, &st, sizeof st, nullptr);
-  CHECK_EQ(r, 0L);
-  return st;
-}
 
 }  // namespace
 

@@ -24,23 +24,15 @@
 #include "harness.h"
 
 using detux::test::in_master;
+using detux::test::children_of;
+using detux::test::ret_forever;
+using detux::test::status_of;
 using detux::test::status_str;
 
 namespace {
 
-[[noreturn]] void ret_forever() {
-  for (;;) dret();
-}
-
 [[noreturn]] void spin_forever() {
   for (;;) asm volatile("" ::: "memory");
-}
-
-det_status status_of(det_child_t c) {
-  det_status st{};
-  long r = dget(c, DET_STATUS, &st, sizeof st, nullptr);
-  CHECK_EQ(r, 0L);
-  return st;
 }
 
 long now_ms() {
@@ -49,31 +41,10 @@ long now_ms() {
   return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-// The processes whose parent is `parent`, from /proc/*/stat.
-std::set<pid_t> children_of(pid_t parent) {
-  std::set<pid_t> out;
-  DIR* d = opendir("/proc");
-  if (!d) return out;
-  while (dirent* e = readdir(d)) {
-    char* end;
-    long pid = std::strtol(e->d_name, &end, 10);
-    if (*end || pid <= 0) continue;
-    char path[64], buf[512];
-    std::snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-    FILE* f = std::fopen(path, "re");
-    if (!f) continue;
-    size_t n = std::fread(buf, 1, sizeof buf - 1, f);
-    std::fclose(f);
-    buf[n] = 0;
-    char* rp = std::strrchr(buf, ')');
-    if (!rp) continue;
-    char state;
-    long ppid;
-    if (std::sscanf(rp + 1, " %c %ld", &state, &ppid) == 2 && ppid == parent)
-      out.insert(static_cast<pid_t>(pid));
-  }
-  closedir(d);
-  return out;
+// The processes whose parent is `parent`, as a set.
+std::set<pid_t> child_set(pid_t parent) {
+  std::vector<pid_t> v = children_of(parent);
+  return {v.begin(), v.end()};
 }
 
 bool exists(pid_t pid) { return kill(pid, 0) == 0 || errno != ESRCH; }
@@ -182,7 +153,7 @@ void kill_subtree(std::string& out, Dead how) {
     ret_forever();
   }
   CHECK_EQ(status_of(0).state, DET_S_STOPPED);  // A made B, then returned
-  std::set<pid_t> kids = children_of(getpid());
+  std::set<pid_t> kids = child_set(getpid());
   out += "children " + std::to_string(kids.size());
   CHECK(kids.size() >= 2);  // A and B (and their snapshots)
   CHECK_EQ(dput(0, DET_KILL, nullptr, 0, nullptr), 0L);
@@ -214,10 +185,10 @@ void exit_with_children(std::string& out, Dead how) {
     ret_forever();
   }
   CHECK_EQ(status_of(0).state, DET_S_STOPPED);
-  std::set<pid_t> before = children_of(getpid());  // A and its snapshot
+  std::set<pid_t> before = child_set(getpid());  // A and its snapshot
   CHECK_EQ(dput(0, DET_START, nullptr, 0, nullptr), 0L);
   CHECK_EQ(status_of(0).state, DET_S_STOPPED);
-  std::set<pid_t> after = children_of(getpid());
+  std::set<pid_t> after = child_set(getpid());
   std::vector<pid_t> made;
   std::set_difference(after.begin(), after.end(), before.begin(), before.end(),
                       std::back_inserter(made));
@@ -310,7 +281,7 @@ std::string master_goes_away(End how, std::vector<pid_t>* spaces) {
       }
       if (status_of(2).state != DET_S_STOPPED) _exit(5);
       if (dput(2, DET_START, nullptr, 0, nullptr) != 0) _exit(6);
-      std::set<pid_t> kids = children_of(getpid());
+      std::set<pid_t> kids = child_set(getpid());
       std::vector<pid_t> msg;
       msg.push_back(getpid());
       msg.insert(msg.end(), kids.begin(), kids.end());
