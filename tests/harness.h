@@ -103,6 +103,25 @@ inline det_status status_of(det_child_t c) {
   return st;
 }
 
+// SIGKILL is pending for pid (or pid is gone): it can never run user code
+// again.  This covers a task held in its PTRACE_EVENT_EXIT stop.
+inline bool kill_pending(long pid) {
+  char path[64], line[256];
+  std::snprintf(path, sizeof path, "/proc/%ld/status", pid);
+  FILE* f = std::fopen(path, "re");
+  if (!f) return true;
+  bool killed = false;
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long long mask;
+    if ((std::sscanf(line, "SigPnd: %llx", &mask) == 1 ||
+         std::sscanf(line, "ShdPnd: %llx", &mask) == 1) &&
+        (mask & (1ULL << (SIGKILL - 1))))
+      killed = true;
+  }
+  std::fclose(f);
+  return killed;
+}
+
 // The processes whose parent is `parent` (from /proc/*/stat); every space is
 // a direct Linux child of its master.  `keep`, if given, filters by pid and
 // state letter.

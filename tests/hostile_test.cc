@@ -36,6 +36,7 @@
 #include "harness.h"
 
 using detux::test::in_master;
+using detux::test::kill_pending;
 using detux::test::children_of;
 using detux::test::ret_forever;
 using detux::test::status_of;
@@ -73,23 +74,6 @@ void master_still_works(std::string& out) {
   CHECK_EQ(djoin(DET_CHILD_MAX), 0);
   CHECK_EQ(static_cast<long>(alive), 77L);
   out += " master-ok";
-}
-
-bool kill_pending(long pid) {
-  char path[64], line[256];
-  std::snprintf(path, sizeof path, "/proc/%ld/status", pid);
-  FILE* f = std::fopen(path, "re");
-  if (!f) return true;
-  bool killed = false;
-  while (std::fgets(line, sizeof line, f)) {
-    unsigned long long mask;
-    if ((std::sscanf(line, "SigPnd: %llx", &mask) == 1 ||
-         std::sscanf(line, "ShdPnd: %llx", &mask) == 1) &&
-        (mask & (1ULL << (SIGKILL - 1))))
-      killed = true;
-  }
-  std::fclose(f);
-  return killed;
 }
 
 // Neither a zombie nor a process with SIGKILL already pending.

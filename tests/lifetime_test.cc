@@ -115,20 +115,7 @@ bool dead(pid_t pid, Dead how) {
   if (state == 'Z' || state == 'X' || (flags & kPfExiting)) return true;
   // SIGKILL pending: it can never return to user mode (this covers a task
   // held in its PTRACE_EVENT_EXIT stop, which comes before PF_EXITING).
-  std::snprintf(path, sizeof path, "/proc/%d/status", pid);
-  f = std::fopen(path, "re");
-  if (!f) return true;
-  bool killed = false;
-  char line[256];
-  while (std::fgets(line, sizeof line, f)) {
-    unsigned long long mask;
-    if ((std::sscanf(line, "SigPnd: %llx", &mask) == 1 ||
-         std::sscanf(line, "ShdPnd: %llx", &mask) == 1) &&
-        (mask & (1ULL << (SIGKILL - 1))))
-      killed = true;
-  }
-  std::fclose(f);
-  return killed;
+  return detux::test::kill_pending(pid);
 }
 
 // The pids of `pids` not dead enough after `ms` milliseconds (polled).
