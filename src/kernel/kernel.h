@@ -53,6 +53,7 @@ class Kernel {
   void finish(Space& caller, long result);
 
   // memops.cc
+  long move_bytes(Space& from, uint64_t src, Space& to, uint64_t dst, uint64_t len);
   long copy_range(Space& from, uint64_t src, Space& to, uint64_t dst, uint64_t len);
   long zero_range(Space& s, uint64_t addr, uint64_t len, unsigned long flags);
   long perm_range(Space& s, uint64_t addr, uint64_t len, unsigned long flags);

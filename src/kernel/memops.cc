@@ -44,20 +44,8 @@ long Kernel::gain(Space& s, uint64_t bytes) {
   return 0;
 }
 
-long Kernel::copy_range(Space& from, uint64_t src, Space& to, uint64_t dst, uint64_t len) {
-  if (len == 0) return 0;
-  if (bad_range(src, len) || bad_range(dst, len)) return -EINVAL;
-  // Destination pages that are not mapped become read-write zero pages.
-  MemRange span{page_down(dst), page_up(dst + len) - page_down(dst)};
-  auto gaps = m_.holes(to.proc, span);
-  if (!gaps.ok()) return gaps.err();
-  uint64_t missing = 0;
-  for (const MemRange& h : *gaps) missing += h.len;
-  if (long g = gain(to, missing); g < 0) return g;
-  for (const MemRange& h : *gaps) {
-    Status s = m_.map_zero(to.proc, h, PROT_READ | PROT_WRITE);
-    if (!s.ok()) return s.err();
-  }
+// Move len bytes in chunks; -EFAULT at the first range that is not there.
+long Kernel::move_bytes(Space& from, uint64_t src, Space& to, uint64_t dst, uint64_t len) {
   std::vector<uint8_t> buf(std::min(len, kChunk));
   for (uint64_t off = 0; off < len; off += kChunk) {
     uint64_t n = std::min(kChunk, len - off);
@@ -65,6 +53,26 @@ long Kernel::copy_range(Space& from, uint64_t src, Space& to, uint64_t dst, uint
     if (!m_.write(to.proc, dst + off, buf.data(), n).ok()) return -EFAULT;
   }
   return 0;
+}
+
+long Kernel::copy_range(Space& from, uint64_t src, Space& to, uint64_t dst, uint64_t len) {
+  if (len == 0) return 0;
+  if (bad_range(src, len) || bad_range(dst, len)) return -EINVAL;
+  // The common case, a mapped destination, needs no look at the mappings.
+  if (move_bytes(from, src, to, dst, len) == 0) return 0;
+  // Destination pages that are not mapped become read-write zero pages.
+  MemRange span{page_down(dst), page_up(dst + len) - page_down(dst)};
+  auto gaps = m_.holes(to.proc, span);
+  if (!gaps.ok()) return gaps.err();
+  if (gaps->empty()) return -EFAULT;  // the source, or a read-only page
+  uint64_t missing = 0;
+  for (const MemRange& h : *gaps) missing += h.len;
+  if (long g = gain(to, missing); g < 0) return g;
+  for (const MemRange& h : *gaps) {
+    Status s = m_.map_zero(to.proc, h, PROT_READ | PROT_WRITE);
+    if (!s.ok()) return s.err();
+  }
+  return move_bytes(from, src, to, dst, len);
 }
 
 long Kernel::zero_range(Space& s, uint64_t addr, uint64_t len, unsigned long flags) {

@@ -115,6 +115,7 @@ bool PtraceMachine::decode(pid_t pid, int st, StopEvent* ev) {
   }
   DETUX_ASSERT(WIFSTOPPED(st));
   p->regs_dirty = false;
+  p->regs_valid = false;  // a new stop
   if (is_event(st, PTRACE_EVENT_SECCOMP)) {
     unsigned long data = 0;
     ptrace(PTRACE_GETEVENTMSG, pid, nullptr, &data);

@@ -242,8 +242,9 @@ void PtraceMachine::destroy(Proc* p) {
 // ---- Registers, resuming, injecting ---------------------------------------
 
 Status PtraceMachine::fetch_regs(Proc* p) {
-  if (p->regs_dirty) return ok_status();
+  if (p->regs_dirty || p->regs_valid) return ok_status();
   if (ptrace(PTRACE_GETREGS, p->pid, nullptr, &p->regs) != 0) return Err{-ESRCH};
+  p->regs_valid = true;
   return ok_status();
 }
 
@@ -262,6 +263,7 @@ Status PtraceMachine::resume(Proc* p, long result) {
   if (p->regs_dirty && ptrace(PTRACE_SETREGS, p->pid, nullptr, &p->regs) != 0)
     return Err{-ESRCH};
   p->regs_dirty = false;
+  p->regs_valid = false;
   p->call_pending = false;
   unpin(p);
   if (ptrace(PTRACE_CONT, p->pid, nullptr, nullptr) != 0) return Err{-ESRCH};
@@ -344,6 +346,7 @@ Result<long> PtraceMachine::inject(Proc* p, long nr, const long (&args)[6], pid_
   if (ptrace(PTRACE_SETREGS, p->pid, nullptr, &saved) != 0) return Err{-ESRCH};
   p->regs = saved;
   p->regs_dirty = false;
+  p->regs_valid = true;
   return result;
 }
 
@@ -379,11 +382,12 @@ Status PtraceMachine::set_regs(Proc* p, const det_regs& in) {
   // Explicit registers replace the result of whatever call it stopped in.
   p->call_pending = false;
   if (ptrace(PTRACE_SETREGS, p->pid, nullptr, &r) != 0) {
-    p->regs_dirty = false;
+    p->regs_dirty = p->regs_valid = false;
     (void)fetch_regs(p);
     return Err{-EINVAL};  // e.g. a non-canonical fs_base
   }
   p->regs_dirty = false;
+  p->regs_valid = true;
   user_fpregs_struct fp;
   std::memcpy(&fp, in.fxsave, sizeof fp);
   if (ptrace(PTRACE_SETFPREGS, p->pid, nullptr, &fp) != 0) return Err{-EINVAL};

@@ -44,8 +44,9 @@ struct Proc {
   bool is_master = false;
   StopKind stop = StopKind::kRunning;
   bool call_pending = false;  // resume() sets rax to the call's result
-  user_regs_struct regs{};    // valid while stopped
-  bool regs_dirty = false;
+  user_regs_struct regs{};    // the registers of the current stop, when valid
+  bool regs_valid = false;    // regs were read (or written) at this stop
+  bool regs_dirty = false;    // regs were changed here and not yet written
   pid_t ref_pid = 0;                  // the frozen snapshot, if any
   std::vector<uint64_t> dirty_accum;  // pages written before it forked
   std::vector<MemRange> remapped;     // zero-mapped since the snapshot
