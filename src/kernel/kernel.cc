@@ -52,6 +52,7 @@ Status Kernel::set_limits(const det_limits& l) {
 
 long Kernel::master_call(const Call& c) {
   long r = call(root_, c);
+  m_.end_of_call();
   DETUX_ASSERT(r != kBlocked);
   return r;
 }

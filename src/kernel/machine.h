@@ -63,6 +63,9 @@ class Machine {
   virtual ~Machine() = default;
 
   virtual Proc* master() = 0;
+  // The master's call is over: undo whatever was set up to serve spaces
+  // during it (see PtraceMachine::serve).
+  virtual void end_of_call() {}
   // A new space, a copy-on-write copy of `parent` (stopped at a call, or the
   // master), stopped, with the registers of the parent's current call and
   // DET_CHILD as that call's result.

@@ -44,6 +44,7 @@ Result<StopEvent> PtraceMachine::next_event(const WaitPolicy& policy) {
     for (int s = 1; s < NSIG; ++s)
       if (s != SIGKILL && s != SIGSTOP && sigismember(policy.allowed, s) == 1) sigaddset(&waitset, s);
   }
+  serve();
   pthread_sigmask(SIG_BLOCK, &waitset, &old);
   long deadline = policy.timeout_ms > 0 ? now_ms() + policy.timeout_ms : 0;
   reap_graveyard();
@@ -76,6 +77,7 @@ Result<StopEvent> PtraceMachine::next_event(const WaitPolicy& policy) {
     siginfo_t si;
     int sig = sigtimedwait(&waitset, &si, &ts);
     if (sig > 0 && sig != SIGCHLD) {
+      end_of_call();  // its handler is the program's code, which may use cpuid
       pthread_sigmask(SIG_SETMASK, &old, nullptr);
       // Deliver it as usual now that the wait is over.
       syscall(SYS_tgkill, getpid(), syscall(SYS_gettid), sig);

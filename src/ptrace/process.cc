@@ -3,6 +3,7 @@
 // Stops are decoded into StopEvents here; everything a space cannot see
 // (external signals, emulated rdtsc/cpuid) is handled and hidden here.
 #include <errno.h>
+#include <asm/prctl.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/ptrace.h>
@@ -44,7 +45,23 @@ bool is_event(int status, int event) { return (status >> 8) == (SIGTRAP | (event
 PtraceMachine::PtraceMachine() {
   master_.pid = getpid();
   master_.is_master = true;
-  sched_getaffinity(0, sizeof all_cpus_, &all_cpus_);
+}
+
+// Every space faults on cpuid, and Linux rewrites an MSR on each switch
+// between a thread that does and one that does not: in these VMs that adds
+// about 16 us to every round trip between a space and the master.  So while
+// the master thread serves spaces within one call it faults on cpuid too
+// (supervisor code never executes cpuid; glibc cached the CPU's features at
+// start-up), and end_of_call() turns that off before the program runs on.
+void PtraceMachine::serve() {
+  if (serving_) return;
+  serving_ = syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) == 0;
+}
+
+void PtraceMachine::end_of_call() {
+  if (!serving_) return;
+  syscall(SYS_arch_prctl, ARCH_SET_CPUID, 1);
+  serving_ = false;
 }
 
 PtraceMachine::~PtraceMachine() {
@@ -96,7 +113,7 @@ void PtraceMachine::reap_graveyard() {
 void PtraceMachine::pin(Proc* p) {
   if (p->pinned) return;
   int cpu = sched_getcpu();
-  if (cpu < 0) return;
+  if (cpu < 0 || sched_getaffinity(p->pid, sizeof p->affinity, &p->affinity) != 0) return;
   cpu_set_t one;
   CPU_ZERO(&one);
   CPU_SET(cpu, &one);
@@ -105,7 +122,7 @@ void PtraceMachine::pin(Proc* p) {
 
 void PtraceMachine::unpin(Proc* p) {
   if (!p->pinned) return;
-  sched_setaffinity(p->pid, sizeof all_cpus_, &all_cpus_);
+  sched_setaffinity(p->pid, sizeof p->affinity, &p->affinity);
   p->pinned = false;
 }
 
@@ -144,15 +161,18 @@ Result<Proc*> PtraceMachine::spawn_from_master() {
   g_plan.filter = &g_fprog;
   g_plan.master_pid = getpid();
   g_plan.pgid = pgid_;
-  // The child is born on our CPU and stays there until started (see pin()).
-  cpu_set_t one;
+  serve();
+  // The child is born on our CPU and stays there until started (see pin()):
+  // the master's own affinity is narrowed for the fork and then restored.
+  cpu_set_t mine, one;
   CPU_ZERO(&one);
   int cpu = sched_getcpu();
   CPU_SET(cpu < 0 ? 0 : cpu, &one);
-  bool pinned = sched_setaffinity(0, sizeof one, &one) == 0;
+  bool pinned = sched_getaffinity(0, sizeof mine, &mine) == 0 &&
+                sched_setaffinity(0, sizeof one, &one) == 0;
   pid_t pid = fork();
   if (pid == 0) space_birth(g_plan);
-  if (pinned) sched_setaffinity(0, sizeof all_cpus_, &all_cpus_);
+  if (pinned) sched_setaffinity(0, sizeof mine, &mine);
   if (pid < 0) return Err{-errno};
   int st;
   DETUX_TRY(wait_pid(pid, &st));
@@ -173,6 +193,7 @@ Result<Proc*> PtraceMachine::spawn_from_master() {
   pgid_ = getpgid(pid);
   Proc* p = adopt(pid, master_);
   p->pinned = pinned;
+  p->affinity = mine;
   p->stop = StopKind::kSyscall;
   p->call_pending = true;  // the kOpBirth call; its result is ignored
   DETUX_TRY(fetch_regs(p));
@@ -282,6 +303,7 @@ Result<long> PtraceMachine::inject(Proc* p, long nr, const long (&args)[6], pid_
   static constexpr uint8_t kGadget[3] = {0x0f, 0x05, 0xcc};
   if (!read(p, gadget_addr(), code, sizeof code).ok() || std::memcmp(code, kGadget, 3) != 0)
     return Err{-EPERM};
+  serve();
   pin(p);
   user_regs_struct saved = p->regs;
   user_regs_struct r = saved;

@@ -53,6 +53,7 @@ struct Proc {
   uint64_t tsc = 0;                   // emulated time stamp counter
   int pagemap_fd = -1;
   bool pinned = false;  // kept on the master's CPU while the supervisor works on it
+  cpu_set_t affinity{}; // what to restore when unpinned
 };
 
 // The function a space made by the master runs when first started: it jumps
@@ -67,6 +68,7 @@ class PtraceMachine final : public Machine {
   PtraceMachine& operator=(const PtraceMachine&) = delete;
 
   Proc* master() override { return &master_; }
+  void end_of_call() override;
   Result<Proc*> fork_space(Proc* parent) override;
   Status snapshot(Proc* p) override;
   bool has_snapshot(Proc* p) override { return p->ref_pid > 0; }
@@ -102,6 +104,7 @@ class PtraceMachine final : public Machine {
   void kill_and_reap(pid_t pid);
   void kill_later(pid_t pid, bool stopped);
   void reap_graveyard();
+  void serve();
   void pin(Proc* p);
   void unpin(Proc* p);
 
@@ -110,7 +113,7 @@ class PtraceMachine final : public Machine {
   std::map<pid_t, Proc*> refs_;  // snapshot pid -> its owner
   pid_t pgid_ = 0;               // the process group all spaces share
   std::vector<pid_t> graveyard_; // killed, not yet reaped
-  cpu_set_t all_cpus_{};         // the master's affinity when it became master
+  bool serving_ = false;         // the master thread has cpuid faulting on
 };
 
 }  // namespace detux
