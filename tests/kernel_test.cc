@@ -416,3 +416,18 @@ TEST(Limits, MemoryLimitRefusesGrowthDeterministically) {
   });
   EXPECT_EQ(out, "0 -12");
 }
+
+TEST(Master, SignalMaskAndCpuidAreTheProgramsOwnAfterEveryCall) {
+  auto r = in_master([](std::string&) {
+    if (dfork(0) == 0) ret_forever();
+    CHECK_EQ(status_of(0).state, DET_S_STOPPED);  // a call that waited
+    CHECK_EQ(djoin(0), 0);
+    sigset_t now;
+    pthread_sigmask(SIG_BLOCK, nullptr, &now);
+    CHECK_EQ(sigismember(&now, SIGCHLD), 0);  // the supervisor blocked it only meanwhile
+    unsigned a = 0, b, c, d;
+    asm volatile("cpuid" : "+a"(a), "=b"(b), "=c"(c), "=d"(d));  // would fault if left on
+    CHECK(a > 0);
+  });
+  EXPECT_TRUE(r.ok()) << r.out;
+}

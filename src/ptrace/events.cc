@@ -1,10 +1,11 @@
 // events.cc: waiting for spaces and telling why they stopped.
 //
-// The master thread waits with SIGCHLD blocked: it drains waitpid() on the
-// spaces' process group, then sleeps in sigtimedwait() on SIGCHLD plus the
-// signals the master allowed to interrupt it.  Every ptrace stop of a space
-// sends SIGCHLD to its tracer, so no stop is missed; a short slice bounds
-// the sleep in case another thread of the master consumed the SIGCHLD.
+// The master thread waits on the spaces' process group.  Without a timeout
+// or signals to watch, that is one blocking waitpid().  Otherwise, with
+// SIGCHLD blocked, it drains waitpid(WNOHANG) and sleeps in sigtimedwait() on
+// SIGCHLD plus the signals the master allowed to interrupt it: every ptrace
+// stop of a space sends SIGCHLD to its tracer, so no stop is missed, and a
+// short slice bounds the sleep in case another thread consumed the SIGCHLD.
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -37,21 +38,23 @@ constexpr uint64_t kTscStep = 1000;
 }  // namespace
 
 Result<StopEvent> PtraceMachine::next_event(const WaitPolicy& policy) {
+  serve();  // SIGCHLD is blocked from here to the end of the master's call
+  reap_graveyard();
   sigset_t waitset, old;
   sigemptyset(&waitset);
   sigaddset(&waitset, SIGCHLD);
   if (policy.allowed) {
     for (int s = 1; s < NSIG; ++s)
       if (s != SIGKILL && s != SIGSTOP && sigismember(policy.allowed, s) == 1) sigaddset(&waitset, s);
+    pthread_sigmask(SIG_BLOCK, &waitset, &old);
   }
-  serve();
-  pthread_sigmask(SIG_BLOCK, &waitset, &old);
+  // With no timeout and no signal to watch, one blocking waitpid is the wait.
+  bool plain = policy.timeout_ms <= 0 && !policy.allowed;
   long deadline = policy.timeout_ms > 0 ? now_ms() + policy.timeout_ms : 0;
-  reap_graveyard();
   Result<StopEvent> out = Err{-ECHILD};
   for (;;) {
     int st;
-    pid_t pid = pgid_ > 0 ? waitpid(-pgid_, &st, __WALL | WNOHANG) : 0;
+    pid_t pid = pgid_ > 0 ? waitpid(-pgid_, &st, __WALL | (plain ? 0 : WNOHANG)) : 0;
     if (pid > 0) {
       StopEvent ev;
       if (decode(pid, st, &ev)) {
@@ -60,6 +63,7 @@ Result<StopEvent> PtraceMachine::next_event(const WaitPolicy& policy) {
       }
       continue;
     }
+    if (pid < 0 && errno == EINTR) continue;
     if (pid < 0 && errno == ECHILD) {
       pgid_ = 0;
       if (procs_.empty()) break;  // nothing can ever stop: -ECHILD
@@ -77,14 +81,14 @@ Result<StopEvent> PtraceMachine::next_event(const WaitPolicy& policy) {
     siginfo_t si;
     int sig = sigtimedwait(&waitset, &si, &ts);
     if (sig > 0 && sig != SIGCHLD) {
-      end_of_call();  // its handler is the program's code, which may use cpuid
       pthread_sigmask(SIG_SETMASK, &old, nullptr);
+      end_of_call();  // its handler is the program's code, which may use cpuid
       // Deliver it as usual now that the wait is over.
       syscall(SYS_tgkill, getpid(), syscall(SYS_gettid), sig);
       return Err{-EINTR};
     }
   }
-  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (policy.allowed) pthread_sigmask(SIG_SETMASK, &old, nullptr);
   return out;
 }
 

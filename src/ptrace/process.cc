@@ -4,6 +4,7 @@
 // (external signals, emulated rdtsc/cpuid) is handled and hidden here.
 #include <errno.h>
 #include <asm/prctl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/ptrace.h>
@@ -53,15 +54,22 @@ PtraceMachine::PtraceMachine() {
 // the master thread serves spaces within one call it faults on cpuid too
 // (supervisor code never executes cpuid; glibc cached the CPU's features at
 // start-up), and end_of_call() turns that off before the program runs on.
+// SIGCHLD is blocked for the same span, so waits need no mask changes.
 void PtraceMachine::serve() {
   if (serving_) return;
-  serving_ = syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) == 0;
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  pthread_sigmask(SIG_BLOCK, &chld, &saved_mask_);
+  cpuid_off_ = syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) == 0;
+  serving_ = true;
 }
 
 void PtraceMachine::end_of_call() {
   if (!serving_) return;
-  syscall(SYS_arch_prctl, ARCH_SET_CPUID, 1);
-  serving_ = false;
+  if (cpuid_off_) syscall(SYS_arch_prctl, ARCH_SET_CPUID, 1);
+  pthread_sigmask(SIG_SETMASK, &saved_mask_, nullptr);
+  serving_ = cpuid_off_ = false;
 }
 
 PtraceMachine::~PtraceMachine() {
@@ -285,9 +293,15 @@ Status PtraceMachine::resume(Proc* p, long result) {
     return Err{-ESRCH};
   p->regs_dirty = false;
   p->regs_valid = false;
+  bool answering = p->call_pending;
   p->call_pending = false;
+  // A space that gets the answer to its call is woken on this CPU, where the
+  // master is about to sleep: its next call then wakes the master locally.
+  // Its affinity is restored at once, so the balancer may still move it.
+  if (answering) pin(p);
+  long r = ptrace(PTRACE_CONT, p->pid, nullptr, nullptr);
   unpin(p);
-  if (ptrace(PTRACE_CONT, p->pid, nullptr, nullptr) != 0) return Err{-ESRCH};
+  if (r != 0) return Err{-ESRCH};
   p->stop = StopKind::kRunning;
   return ok_status();
 }

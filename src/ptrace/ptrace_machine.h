@@ -19,6 +19,7 @@
 #pragma once
 
 #include <sched.h>
+#include <signal.h>
 #include <sys/types.h>
 #include <sys/user.h>
 
@@ -113,7 +114,9 @@ class PtraceMachine final : public Machine {
   std::map<pid_t, Proc*> refs_;  // snapshot pid -> its owner
   pid_t pgid_ = 0;               // the process group all spaces share
   std::vector<pid_t> graveyard_; // killed, not yet reaped
-  bool serving_ = false;         // the master thread has cpuid faulting on
+  bool serving_ = false;         // inside a master call that serves spaces
+  bool cpuid_off_ = false;       // the master thread faults on cpuid meanwhile
+  sigset_t saved_mask_{};        // the program's signal mask, restored after
 };
 
 }  // namespace detux
