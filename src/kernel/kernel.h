@@ -12,6 +12,7 @@
 
 #include <csignal>
 #include <unordered_map>
+#include <vector>
 
 #include "kernel/machine.h"
 #include "kernel/space.h"
@@ -58,6 +59,10 @@ class Kernel {
   long zero_range(Space& s, uint64_t addr, uint64_t len, unsigned long flags);
   long perm_range(Space& s, uint64_t addr, uint64_t len, unsigned long flags);
   long merge_range(Space& parent, Space& child, uint64_t addr, uint64_t len);
+  long map_parent_holes(Space& parent, MemRange span, const std::vector<uint64_t>& pages);
+  long merge_pages(Space& parent, Space& child, uint64_t addr, uint64_t len,
+                   const std::vector<uint64_t>& pages, std::vector<uint64_t>* changed,
+                   std::vector<uint8_t>* results);
   long gain(Space& s, uint64_t bytes);
 
   void log_call(const Space& caller, const Call& c, long result) const;

@@ -105,6 +105,14 @@ class Machine {
                             std::span<const uint64_t> pages, uint8_t* out) = 0;
   virtual Status write_pages(Proc* p, std::span<const uint64_t> pages,
                              const uint8_t* data) = 0;
+  // For each page: 1 if `parent`'s page is still the very page `child`'s
+  // snapshot holds (so the parent has not written it since), else 0.  All
+  // zeros is always a correct answer, only a slower one.
+  virtual Result<std::vector<uint8_t>> unchanged_since_snapshot(
+      Proc* parent, Proc* child, std::span<const uint64_t> pages) = 0;
+  // Copy whole pages from one stopped space (or the master) to another at
+  // the same addresses.
+  virtual Status copy_pages(Proc* from, Proc* to, std::span<const uint64_t> pages) = 0;
 };
 
 }  // namespace detux

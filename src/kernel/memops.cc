@@ -114,8 +114,14 @@ long Kernel::perm_range(Space& s, uint64_t addr, uint64_t len, unsigned long fla
 }
 
 // Three-way merge of the child's changes since its snapshot into the parent.
-// Every page is merged into a buffer first; the parent is written only when
-// no byte conflicts, so a conflict leaves the parent exactly as it was.
+//
+// Candidate pages are the child's written pages.  Where the parent has not
+// written a page since the snapshot either (the machine can tell), the
+// child's page is the result and cannot conflict: it is copied straight
+// across.  The other pages are merged byte by byte, in chunks through reused
+// buffers, and the results held until every page is known to be free of
+// conflict.  Only then is the parent written, so a conflict leaves the parent
+// exactly as it was.
 long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t len) {
   if (len == 0) return 0;
   if (bad_range(addr, len)) return -EINVAL;
@@ -125,7 +131,25 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
   if (!dirty.ok()) return dirty.err();
   std::vector<uint64_t>& pages = *dirty;
   if (pages.empty()) return 0;
-  // Pages the parent lacks (the child mapped them) are created in the parent.
+  if (long r = map_parent_holes(parent, span, pages); r < 0) return r;
+  auto same = m_.unchanged_since_snapshot(parent.proc, child.proc, pages);
+  if (!same.ok()) return same.err();
+  std::vector<uint64_t> whole, partial;  // taken whole from the child, merged
+  for (size_t i = 0; i < pages.size(); ++i) {
+    bool inside = pages[i] >= addr && pages[i] + kPage <= addr + len;
+    ((*same)[i] && inside ? whole : partial).push_back(pages[i]);
+  }
+  std::vector<uint64_t> changed;
+  std::vector<uint8_t> results;
+  if (long r = merge_pages(parent, child, addr, len, partial, &changed, &results); r < 0)
+    return r;
+  if (Status s = m_.copy_pages(child.proc, parent.proc, whole); !s.ok()) return s.err();
+  Status s = m_.write_pages(parent.proc, changed, results.data());
+  return s.ok() ? 0 : s.err();
+}
+
+// Pages the parent lacks (the child mapped them) are created in the parent.
+long Kernel::map_parent_holes(Space& parent, MemRange span, const std::vector<uint64_t>& pages) {
   auto gaps = m_.holes(parent.proc, span);
   if (!gaps.ok()) return gaps.err();
   for (const MemRange& h : *gaps) {
@@ -136,32 +160,38 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
       if (!s.ok()) return s.err();
     }
   }
-  size_t n = pages.size();
-  std::vector<uint8_t> mine(n * kPage), theirs(n * kPage), ref(n * kPage);
-  if (Status s = m_.read_pages(child.proc, false, pages, theirs.data()); !s.ok()) return s.err();
-  if (Status s = m_.read_pages(child.proc, true, pages, ref.data()); !s.ok()) return s.err();
-  if (Status s = m_.read_pages(parent.proc, false, pages, mine.data()); !s.ok()) return s.err();
-  std::vector<uint64_t> changed;
-  std::vector<size_t> changed_idx;
-  for (size_t i = 0; i < n; ++i) {
-    uint64_t lo = std::max(pages[i], addr), hi = std::min(pages[i] + kPage, addr + len);
-    size_t off = i * kPage + (lo - pages[i]);
-    merge::Outcome o = merge::merge3(&mine[off], &mine[off], &theirs[off], &ref[off], hi - lo);
-    if (o.conflict) {
-      child.status.conflict = 1;
-      child.status.conflict_addr = lo + o.first_conflict;
-      return -DET_ECONFLICT;
-    }
-    if (o.changed) {
-      changed.push_back(pages[i]);
-      changed_idx.push_back(i);
+  return 0;
+}
+
+// Byte-merges `pages` (ascending) within [addr, addr+len).  The pages that
+// change go to *changed with their new contents in *results.  The first
+// conflict (the lowest address) ends it with -DET_ECONFLICT.
+long Kernel::merge_pages(Space& parent, Space& child, uint64_t addr, uint64_t len,
+                         const std::vector<uint64_t>& pages, std::vector<uint64_t>* changed,
+                         std::vector<uint8_t>* results) {
+  constexpr size_t kBatch = 256;
+  size_t cap = std::min(pages.size(), kBatch) * kPage;
+  std::vector<uint8_t> mine(cap), theirs(cap), ref(cap);
+  for (size_t at = 0; at < pages.size(); at += kBatch) {
+    std::span<const uint64_t> part(pages.data() + at, std::min(kBatch, pages.size() - at));
+    if (Status s = m_.read_pages(child.proc, false, part, theirs.data()); !s.ok()) return s.err();
+    if (Status s = m_.read_pages(child.proc, true, part, ref.data()); !s.ok()) return s.err();
+    if (Status s = m_.read_pages(parent.proc, false, part, mine.data()); !s.ok()) return s.err();
+    for (size_t i = 0; i < part.size(); ++i) {
+      uint64_t lo = std::max(part[i], addr), hi = std::min(part[i] + kPage, addr + len);
+      size_t off = i * kPage + (lo - part[i]);
+      merge::Outcome o = merge::merge3(&mine[off], &mine[off], &theirs[off], &ref[off], hi - lo);
+      if (o.conflict) {
+        child.status.conflict = 1;
+        child.status.conflict_addr = lo + o.first_conflict;
+        return -DET_ECONFLICT;
+      }
+      if (!o.changed) continue;
+      changed->push_back(part[i]);
+      results->insert(results->end(), &mine[i * kPage], &mine[i * kPage] + kPage);
     }
   }
-  std::vector<uint8_t> out(changed.size() * kPage);
-  for (size_t k = 0; k < changed.size(); ++k)
-    std::copy_n(&mine[changed_idx[k] * kPage], kPage, &out[k * kPage]);
-  Status s = m_.write_pages(parent.proc, changed, out.data());
-  return s.ok() ? 0 : s.err();
+  return 0;
 }
 
 // ---- Tracing (detux run --trace, or DETUX_TRACE=1) ------------------------

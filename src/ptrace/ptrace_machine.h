@@ -88,6 +88,9 @@ class PtraceMachine final : public Machine {
                     uint8_t* out) override;
   Status write_pages(Proc* p, std::span<const uint64_t> pages,
                      const uint8_t* data) override;
+  Result<std::vector<uint8_t>> unchanged_since_snapshot(
+      Proc* parent, Proc* child, std::span<const uint64_t> pages) override;
+  Status copy_pages(Proc* from, Proc* to, std::span<const uint64_t> pages) override;
 
  private:
   Result<Proc*> spawn_from_master();
