@@ -431,3 +431,25 @@ TEST(Master, SignalMaskAndCpuidAreTheProgramsOwnAfterEveryCall) {
   });
   EXPECT_TRUE(r.ok()) << r.out;
 }
+
+namespace {
+alignas(4096) volatile uint8_t g_big[600 * 4096];
+}
+
+TEST(Merge, ManyPagesMixedWithParentEditsArriveWholeAcrossBatches) {
+  std::string out = twice([](std::string& out) {
+    if (dfork(0) == 0) {
+      for (size_t p = 0; p < 600; p += 1)
+        for (size_t b = 0; b < 4096; b += 512) g_big[p * 4096 + b] = static_cast<uint8_t>(p + b / 512);
+      ret_forever();
+    }
+    for (size_t p = 3; p < 600; p += 7) g_big[p * 4096 + 1] = 0xee;  // the parent's own bytes
+    CHECK_EQ(djoin(0), 0);
+    uint64_t sum = 0;
+    for (size_t i = 0; i < sizeof g_big; ++i) sum = sum * 31 + g_big[i];
+    CHECK_EQ(static_cast<int>(g_big[599 * 4096 + 3584]), (599 + 7) & 0xff);
+    CHECK_EQ(static_cast<int>(g_big[10 * 4096 + 1]), 0xee);
+    out += std::to_string(sum);
+  });
+  EXPECT_FALSE(out.empty());
+}
