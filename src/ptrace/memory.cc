@@ -29,6 +29,16 @@ constexpr uint64_t kPmPresent = 1ULL << 63;
 constexpr uint64_t kPmSwapped = 1ULL << 62;
 constexpr uint64_t kPmExclusive = 1ULL << 56;
 
+// process_vm_readv/writev as raw system calls: whole pages of the master's
+// memory cross the redzones AddressSanitizer keeps between globals, which its
+// interceptors of the libc wrappers would report as overflows.
+ssize_t vm_readv(pid_t pid, const iovec* local, size_t nl, const iovec* remote, size_t nr) {
+  return syscall(SYS_process_vm_readv, pid, local, nl, remote, nr, 0);
+}
+ssize_t vm_writev(pid_t pid, const iovec* local, size_t nl, const iovec* remote, size_t nr) {
+  return syscall(SYS_process_vm_writev, pid, local, nl, remote, nr, 0);
+}
+
 struct Vma {
   uint64_t start, end;
   bool writable, priv;
@@ -59,8 +69,8 @@ Status transfer(pid_t pid, bool to_remote, uint64_t addr, void* buf, size_t len)
     size_t chunk = std::min<size_t>(len, 1 << 30);
     iovec local{b, chunk};
     iovec remote{reinterpret_cast<void*>(addr), chunk};
-    ssize_t n = to_remote ? process_vm_writev(pid, &local, 1, &remote, 1, 0)
-                          : process_vm_readv(pid, &local, 1, &remote, 1, 0);
+    ssize_t n = to_remote ? vm_writev(pid, &local, 1, &remote, 1)
+                          : vm_readv(pid, &local, 1, &remote, 1);
     if (n < 0) return Err{errno == ESRCH ? -ESRCH : -EFAULT};
     if (n == 0) return Err{-EFAULT};
     b += n, addr += n, len -= n;
@@ -97,8 +107,8 @@ Status move_pieces(pid_t pid, bool to_remote, const std::vector<Piece>& pieces, 
       here[k] = {local(pc), pc.count * kPage};
       want += pc.count * kPage;
     }
-    ssize_t got = to_remote ? process_vm_writev(pid, here, n, remote, n, 0)
-                            : process_vm_readv(pid, here, n, remote, n, 0);
+    ssize_t got = to_remote ? vm_writev(pid, here, n, remote, n)
+                            : vm_readv(pid, here, n, remote, n);
     if (got == static_cast<ssize_t>(want)) continue;
     if (got < 0 && errno == ESRCH) return Err{-ESRCH};
     return Err{-EFAULT};
