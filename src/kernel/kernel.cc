@@ -96,9 +96,17 @@ long Kernel::put(Space& caller, const Call& c) {
   Space* ch = caller.child(c.child);
   if (ch && (f & DET_FORK)) return -EEXIST;
   if (!ch) {
-    auto made = create_child(caller, c.child);
+    // A snapshot of the new child's unchanged memory is taken as it is made
+    // (one step cheaper); a Copy, Zero or Perm first means it comes after.
+    bool snap_now = (f & DET_SNAP) && !(f & (DET_COPY | DET_ZERO | DET_PERM));
+    auto made = create_child(caller, c.child, snap_now);
     if (!made.ok()) return made.err();
     ch = *made;
+    if (snap_now) {
+      Call rest = c;
+      rest.flags &= ~DET_SNAP;
+      return act_on_stopped(caller, *ch, rest);
+    }
   }
   return act_on_stopped(caller, *ch, c);
 }
@@ -206,10 +214,10 @@ long Kernel::do_get(Space& caller, Space& child, const Call& c) {
 
 // ---- The tree ---------------------------------------------------------------
 
-Result<Space*> Kernel::create_child(Space& caller, det_child_t id) {
+Result<Space*> Kernel::create_child(Space& caller, det_child_t id, bool snapshot) {
   if (caller.quota_free < 1) return Err{-DET_ELIMIT};
   long give = isqrt(caller.quota_free - 1);
-  auto proc = m_.fork_space(caller.proc);
+  auto proc = m_.fork_space(caller.proc, snapshot);
   if (!proc.ok()) return Err{proc.err()};
   auto s = std::make_unique<Space>();
   s->proc = *proc;

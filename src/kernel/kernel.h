@@ -43,7 +43,7 @@ class Kernel {
   long do_put(Space& caller, Space& child, const Call& c);
   long do_get(Space& caller, Space& child, const Call& c);
 
-  Result<Space*> create_child(Space& caller, det_child_t id);
+  Result<Space*> create_child(Space& caller, det_child_t id, bool snapshot);
   void kill_child(Space& parent, det_child_t id);
   void forget_subtree(Space& s);
   long wait_stopped(Space& child);

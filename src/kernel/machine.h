@@ -68,8 +68,9 @@ class Machine {
   virtual void end_of_call() {}
   // A new space, a copy-on-write copy of `parent` (stopped at a call, or the
   // master), stopped, with the registers of the parent's current call and
-  // DET_CHILD as that call's result.
-  virtual Result<Proc*> fork_space(Proc* parent) = 0;
+  // DET_CHILD as that call's result.  With `snapshot`, it also has its
+  // snapshot already (as if snapshot() had been called at once).
+  virtual Result<Proc*> fork_space(Proc* parent, bool snapshot) = 0;
   // Take a frozen snapshot of `p`'s whole memory (replacing any old one).
   virtual Status snapshot(Proc* p) = 0;
   virtual bool has_snapshot(Proc* p) = 0;

@@ -4,6 +4,7 @@
 #include <asm/prctl.h>
 #include <fcntl.h>
 #include <linux/seccomp.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -15,6 +16,7 @@
 #include <cstring>
 
 #include "abi.h"
+#include "ptrace/vma.h"
 
 namespace detux {
 
@@ -88,9 +90,8 @@ void sanitize_line(const char* s) {
   if (shared || writable_file) privatize(start, end, prot_of(perms));
 }
 
-void sanitize_mappings() {
-  int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) die(125);
+// The text walk, for kernels without PROCMAP_QUERY.
+void sanitize_by_text(int fd) {
   size_t n = 0;
   for (;;) {
     ssize_t r = ::read(fd, g_maps + n, sizeof g_maps - 1 - n);
@@ -99,7 +100,6 @@ void sanitize_mappings() {
     n += r;
     if (n == sizeof g_maps - 1) die(125);
   }
-  close(fd);
   g_maps[n] = 0;
   // The maps were read before any change, so changes cannot confuse the walk.
   for (char* line = g_maps; *line;) {
@@ -109,6 +109,54 @@ void sanitize_mappings() {
     if (!nl) break;
     line = nl + 1;
   }
+}
+
+// Writable private file mappings keep reading the file for pages never
+// written; making every page a private anonymous copy in place (one
+// MADV_POPULATE_WRITE) cuts that tie without copying through user space.
+void detach_from_file(const Vma& v) {
+  constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE, Linux 5.14
+  if (madvise(reinterpret_cast<void*>(v.start), v.end - v.start, kPopulateWrite) != 0)
+    privatize(v.start, v.end, PROT_READ | PROT_WRITE | (v.executable ? PROT_EXEC : 0));
+}
+
+// Asks PROCMAP_QUERY; false if the kernel lacks it.
+bool sanitize_by_query(int fd, uint64_t vdso) {
+  Vma v;
+  // The vDSO and the vvar pages just below it.
+  if (vdso) {
+    for (uint64_t at = vdso;;) {
+      VmaAnswer a = vma_at_or_after(fd, at, 0, &v, true);
+      if (a == VmaAnswer::kUnsupported) return false;
+      if (a != VmaAnswer::kFound || v.start > at || !v.special) break;
+      munmap(reinterpret_cast<void*>(v.start), v.end - v.start);
+      if (v.start == 0) break;
+      at = v.start - 1;
+    }
+  }
+  for (uint64_t at = 0;;) {  // shared mappings become private copies
+    VmaAnswer a = vma_at_or_after(fd, at, kVmaShared, &v);
+    if (a == VmaAnswer::kUnsupported) return false;
+    if (a == VmaAnswer::kNone) break;
+    privatize(v.start, v.end, (v.readable ? PROT_READ : 0) | (v.writable ? PROT_WRITE : 0) |
+                                  (v.executable ? PROT_EXEC : 0));
+    at = v.end;
+  }
+  for (uint64_t at = 0;;) {
+    VmaAnswer a = vma_at_or_after(fd, at, kVmaWritable | kVmaFileBacked, &v);
+    if (a == VmaAnswer::kUnsupported) return false;
+    if (a == VmaAnswer::kNone) break;
+    detach_from_file(v);
+    at = v.end;
+  }
+  return true;
+}
+
+void sanitize_mappings(uint64_t vdso) {
+  int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) die(125);
+  if (!sanitize_by_query(fd, vdso)) sanitize_by_text(fd);
+  close(fd);
 }
 
 }  // namespace
@@ -121,11 +169,15 @@ void space_birth(const BirthPlan& plan) {
   if (plan.pgid == 0 || setpgid(0, plan.pgid) != 0) {
     if (setpgid(0, 0) != 0) die(122);
   }
-  sanitize_mappings();
+  sanitize_mappings(plan.vdso);
   syscall(SYS_close_range, 0, ~0U, 0);
   if (prctl(PR_SET_TSC, PR_TSC_SIGSEGV) != 0) die(123);
   if (syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) != 0) die(123);
   g_in_space = 1;
+  // The snapshot: a clone that stops (auto-attached, SIGSTOP) before it runs
+  // one instruction, and is never resumed.  Taken here, it differs from the
+  // space only in the stack bytes of this function.
+  if (plan.snapshot && syscall(SYS_clone, CLONE_PARENT, 0, 0, 0, 0) < 0) die(127);
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die(124);
   if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, plan.filter) != 0) die(124);
   // From here on only detux calls and exit work.

@@ -5,8 +5,9 @@
 // order: die with the master (PDEATHSIG), ask to be traced and stop, join
 // the spaces' process group, replace shared and writable file-backed
 // mappings by private anonymous copies, unmap the vDSO, close every file
-// descriptor, make rdtsc and cpuid fault, install the seccomp filter, and
-// report for duty with a kOpBirth call.  When its parent starts it, it jumps
+// descriptor, make rdtsc and cpuid fault, (for a dfork) clone its own frozen
+// snapshot, install the seccomp filter, and report for duty with a kOpBirth
+// call.  When its parent starts it, it jumps
 // back into the dput() that created it (BirthPlan::entry).
 //
 // Everything here runs in a fresh child of a possibly multi-threaded
@@ -16,12 +17,16 @@
 #include <linux/filter.h>
 #include <sys/types.h>
 
+#include <cstdint>
+
 namespace detux {
 
 struct BirthPlan {
   const sock_fprog* filter = nullptr;
   pid_t master_pid = 0;
   pid_t pgid = 0;                 // the spaces' process group, or 0
+  uint64_t vdso = 0;              // getauxval(AT_SYSINFO_EHDR), or 0
+  bool snapshot = false;          // also fork the frozen reference
   void (*entry)() = nullptr;      // [[noreturn]]: back into dput()
 };
 

@@ -6,6 +6,7 @@
 #include <asm/prctl.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/auxv.h>
 #include <signal.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
@@ -161,7 +162,7 @@ Proc* PtraceMachine::adopt(pid_t pid, const Proc& parent) {
 
 // ---- Space creation ---------------------------------------------------------
 
-Result<Proc*> PtraceMachine::spawn_from_master() {
+Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
   DETUX_ASSERT(g_plan.entry != nullptr);
   auto& f = space_filter();
   g_fprog.len = static_cast<unsigned short>(f.size());
@@ -169,6 +170,8 @@ Result<Proc*> PtraceMachine::spawn_from_master() {
   g_plan.filter = &g_fprog;
   g_plan.master_pid = getpid();
   g_plan.pgid = pgid_;
+  g_plan.vdso = getauxval(AT_SYSINFO_EHDR);
+  g_plan.snapshot = snapshot;
   serve();
   // The child is born on our CPU and stays there until started (see pin()):
   // the master's own affinity is narrowed for the fork and then restored.
@@ -193,13 +196,26 @@ Result<Proc*> PtraceMachine::spawn_from_master() {
     kill_and_reap(pid);
     return Err{-ECHILD};
   }
+  pid_t ref = 0;
   DETUX_TRY(wait_pid(pid, &st));
-  if (!is_event(st, PTRACE_EVENT_SECCOMP)) {  // setup failed: exit code says where
+  if (snapshot && (is_event(st, PTRACE_EVENT_CLONE) || is_event(st, PTRACE_EVENT_FORK))) {
+    unsigned long msg = 0;
+    ptrace(PTRACE_GETEVENTMSG, pid, nullptr, &msg);
+    ref = static_cast<pid_t>(msg);
+    int rst;
+    bool ok = wait_pid(ref, &rst).ok() && WIFSTOPPED(rst) &&
+              ptrace(PTRACE_CONT, pid, nullptr, nullptr) == 0 && wait_pid(pid, &st).ok();
+    if (!ok) st = 0;
+  }
+  if (!is_event(st, PTRACE_EVENT_SECCOMP) || (snapshot && ref <= 0)) {
+    // Set-up failed (its exit code says where).
     kill_and_reap(pid);
+    if (ref > 0) kill_and_reap(ref);
     return Err{-ECHILD};
   }
   pgid_ = getpgid(pid);
   Proc* p = adopt(pid, master_);
+  if (ref > 0) set_ref(p, ref);
   p->pinned = pinned;
   p->affinity = mine;
   p->stop = StopKind::kSyscall;
@@ -208,8 +224,8 @@ Result<Proc*> PtraceMachine::spawn_from_master() {
   return p;
 }
 
-Result<Proc*> PtraceMachine::fork_space(Proc* parent) {
-  if (parent->is_master) return spawn_from_master();
+Result<Proc*> PtraceMachine::fork_space(Proc* parent, bool snapshot) {
+  if (parent->is_master) return spawn_from_master(snapshot);
   DETUX_ASSERT(parent->stop != StopKind::kRunning);
   DETUX_TRY(fetch_regs(parent));
   user_regs_struct at_call = parent->regs;
@@ -222,6 +238,13 @@ Result<Proc*> PtraceMachine::fork_space(Proc* parent) {
   c->regs.rax = DET_CHILD;
   c->regs.orig_rax = static_cast<unsigned long long>(-1);
   c->regs_dirty = true;
+  if (snapshot) {
+    Status s = this->snapshot(c);
+    if (!s.ok()) {
+      destroy(c);
+      return Err{s.err()};
+    }
+  }
   return c;
 }
 
@@ -236,9 +259,15 @@ Status PtraceMachine::snapshot(Proc* p) {
   p->remapped.clear();
   auto ref = inject_clone(p);
   if (!ref.ok()) return Err{ref.err()};
-  p->ref_pid = *ref;
-  refs_[*ref] = p;
+  set_ref(p, *ref);
   return ok_status();
+}
+
+void PtraceMachine::set_ref(Proc* p, pid_t ref) {
+  p->ref_pid = ref;
+  p->dirty_accum.clear();
+  p->remapped.clear();
+  refs_[ref] = p;
 }
 
 // clone(CLONE_PARENT) inside p: the new process is the master's child, traced

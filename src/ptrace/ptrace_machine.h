@@ -70,7 +70,7 @@ class PtraceMachine final : public Machine {
 
   Proc* master() override { return &master_; }
   void end_of_call() override;
-  Result<Proc*> fork_space(Proc* parent) override;
+  Result<Proc*> fork_space(Proc* parent, bool snapshot) override;
   Status snapshot(Proc* p) override;
   bool has_snapshot(Proc* p) override { return p->ref_pid > 0; }
   void destroy(Proc* p) override;
@@ -93,7 +93,8 @@ class PtraceMachine final : public Machine {
   Status copy_pages(Proc* from, Proc* to, std::span<const uint64_t> pages) override;
 
  private:
-  Result<Proc*> spawn_from_master();
+  Result<Proc*> spawn_from_master(bool snapshot);
+  void set_ref(Proc* p, pid_t ref);
   Result<pid_t> inject_clone(Proc* p);
   Result<long> inject(Proc* p, long nr, const long (&args)[6],
                       pid_t* forked = nullptr);
