@@ -19,6 +19,7 @@
 #include <string>
 
 #include "ptrace/ptrace_machine.h"
+#include "ptrace/vma.h"
 
 namespace detux {
 
@@ -39,11 +40,6 @@ ssize_t vm_writev(pid_t pid, const iovec* local, size_t nl, const iovec* remote,
   return syscall(SYS_process_vm_writev, pid, local, nl, remote, nr, 0);
 }
 
-struct Vma {
-  uint64_t start, end;
-  bool writable, priv;
-};
-
 // /proc/PID/maps.
 Result<std::vector<Vma>> read_maps(pid_t pid) {
   char path[64];
@@ -56,7 +52,11 @@ Result<std::vector<Vma>> read_maps(pid_t pid) {
     unsigned long s, e;
     char perms[8];
     if (std::sscanf(line, "%lx-%lx %7s", &s, &e, perms) != 3) continue;
-    out.push_back(Vma{s, e, perms[1] == 'w', perms[3] == 'p'});
+    Vma v;
+    v.start = s, v.end = e;
+    v.writable = perms[1] == 'w';
+    v.shared = perms[3] == 's';
+    out.push_back(v);
   }
   std::fclose(f);
   return out;
@@ -119,6 +119,38 @@ Status move_pieces(pid_t pid, bool to_remote, const std::vector<Piece>& pieces, 
 Status batch_rw(pid_t pid, bool to_remote, std::span<const uint64_t> pages, uint8_t* buf) {
   return move_pieces(pid, to_remote, runs_of(pages),
                      [&](const Piece& pc) { return static_cast<void*>(buf + pc.first * kPage); });
+}
+
+int open_maps(Proc* p) {
+  if (p->maps_fd < 0) {
+    char path[64];
+    std::snprintf(path, sizeof path, "/proc/%d/maps", p->pid);
+    p->maps_fd = open(path, O_RDONLY | O_CLOEXEC);
+  }
+  return p->maps_fd;
+}
+
+// The mappings that meet r, in order: asked one by one (PROCMAP_QUERY), or
+// read from the text of /proc/PID/maps on older kernels.
+Result<std::vector<Vma>> vmas_in(Proc* p, MemRange r) {
+  std::vector<Vma> out;
+  int fd = open_maps(p);
+  if (fd < 0) return Err{-ESRCH};
+  for (uint64_t at = r.start; at < r.end();) {
+    Vma v;
+    VmaAnswer a = vma_at_or_after(fd, at, 0, &v);
+    if (a == VmaAnswer::kNone) return out;
+    if (a == VmaAnswer::kUnsupported) {
+      auto all = read_maps(p->pid);
+      if (!all.ok()) return Err{all.err()};
+      std::erase_if(*all, [&](const Vma& m) { return m.end <= r.start || m.start >= r.end(); });
+      return *all;
+    }
+    if (v.start >= r.end()) break;
+    out.push_back(v);
+    at = v.end;
+  }
+  return out;
 }
 
 int open_pagemap(Proc* p) {
@@ -276,7 +308,7 @@ Status PtraceMachine::copy_pages(Proc* from, Proc* to, std::span<const uint64_t>
 }
 
 Result<std::vector<MemRange>> PtraceMachine::holes(Proc* p, MemRange r) {
-  auto maps = read_maps(p->pid);
+  auto maps = vmas_in(p, r);
   if (!maps.ok()) return Err{maps.err()};
   std::vector<MemRange> out;
   uint64_t at = r.start;
@@ -344,12 +376,12 @@ Result<std::vector<uint64_t>> PtraceMachine::dirty_pages(Proc* p, MemRange r) {
   DETUX_ASSERT(p->ref_pid > 0);
   int fd = open_pagemap(p);
   if (fd < 0) return Err{-ESRCH};
-  auto maps = read_maps(p->pid);
+  auto maps = vmas_in(p, r);
   if (!maps.ok()) return Err{maps.err()};
   std::vector<uint64_t> out;
   for (const Vma& v : *maps) {
     uint64_t s = std::max(v.start, r.start), e = std::min(v.end, r.end());
-    if (s >= e || !v.priv) continue;
+    if (s >= e || v.shared) continue;
     DETUX_TRY(exclusive_in_populated(fd, s, e, &out));
   }
   for (uint64_t pg : p->dirty_accum)

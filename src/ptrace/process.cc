@@ -293,6 +293,7 @@ void PtraceMachine::destroy(Proc* p) {
     kill_later(p->ref_pid, true);
   }
   if (p->pagemap_fd >= 0) close(p->pagemap_fd);
+  if (p->maps_fd >= 0) close(p->maps_fd);
   if (p->stop != StopKind::kDead) kill_later(p->pid, p->stop != StopKind::kRunning);
   procs_.erase(p->pid);
 }

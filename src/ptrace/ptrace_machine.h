@@ -53,6 +53,7 @@ struct Proc {
   std::vector<MemRange> remapped;     // zero-mapped since the snapshot
   uint64_t tsc = 0;                   // emulated time stamp counter
   int pagemap_fd = -1;
+  int maps_fd = -1;
   bool pinned = false;  // kept on the master's CPU while the supervisor works on it
   cpu_set_t affinity{}; // what to restore when unpinned
 };
