@@ -453,3 +453,24 @@ TEST(Merge, ManyPagesMixedWithParentEditsArriveWholeAcrossBatches) {
   });
   EXPECT_FALSE(out.empty());
 }
+
+TEST(Merge, APageTheParentCannotWriteFailsTheWholeMergeBeforeAnyWrite) {
+  std::string out = twice([](std::string& out) {
+    auto* base = static_cast<uint8_t*>(mmap(reinterpret_cast<void*>(0x310000000000ULL), 2 * 4096,
+                                            PROT_READ | PROT_WRITE,
+                                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0));
+    CHECK(base != MAP_FAILED);
+    CHECK_EQ(mprotect(base + 4096, 4096, PROT_READ), 0);  // page 1: read-only in the master
+    if (dfork(0) == 0) {
+      dget(0, DET_PERM | DET_PROT_READ | DET_PROT_WRITE, base + 4096, 4096, nullptr);
+      base[10] = 1;    // writable in the parent
+      base[4106] = 2;  // read-only in the parent
+      ret_forever();
+    }
+    CHECK_EQ(status_of(0).state, DET_S_STOPPED);
+    CHECK_EQ(dget(0, DET_MERGE, base, 2 * 4096, base), static_cast<long>(-EFAULT));
+    out += std::to_string(base[10]) + std::to_string(base[4106]);  // both untouched
+    CHECK_EQ(dput(0, DET_KILL, nullptr, 0, nullptr), 0L);
+  });
+  EXPECT_EQ(out, "00");
+}

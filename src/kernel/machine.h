@@ -96,6 +96,8 @@ class Machine {
   virtual Result<uint64_t> protect(Proc* p, MemRange r, int prot) = 0;
   // Page-aligned.  Unmapped parts of r (for auto-mapping).
   virtual Result<std::vector<MemRange>> holes(Proc* p, MemRange r) = 0;
+  // Page-aligned.  Parts of r that are mapped but not writable.
+  virtual Result<std::vector<MemRange>> read_only(Proc* p, MemRange r) = 0;
   // Pages of r (page addresses, ascending) that may differ from p's
   // snapshot.  A superset of the changed pages; never misses one.
   virtual Result<std::vector<uint64_t>> dirty_pages(Proc* p, MemRange r) = 0;

@@ -132,6 +132,13 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
   std::vector<uint64_t>& pages = *dirty;
   if (pages.empty()) return 0;
   if (long r = map_parent_holes(parent, span, pages); r < 0) return r;
+  // A page the parent cannot write fails the merge before anything is written.
+  auto fixed = m_.read_only(parent.proc, span);
+  if (!fixed.ok()) return fixed.err();
+  for (const MemRange& ro : *fixed) {
+    auto it = std::lower_bound(pages.begin(), pages.end(), ro.start);
+    if (it != pages.end() && *it < ro.end()) return -EFAULT;
+  }
   auto same = m_.unchanged_since_snapshot(parent.proc, child.proc, pages);
   if (!same.ok()) return same.err();
   std::vector<uint64_t> whole, partial;  // taken whole from the child, merged

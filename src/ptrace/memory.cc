@@ -322,6 +322,17 @@ Result<std::vector<MemRange>> PtraceMachine::holes(Proc* p, MemRange r) {
   return out;
 }
 
+Result<std::vector<MemRange>> PtraceMachine::read_only(Proc* p, MemRange r) {
+  auto maps = vmas_in(p, r);
+  if (!maps.ok()) return Err{maps.err()};
+  std::vector<MemRange> out;
+  for (const Vma& v : *maps) {
+    uint64_t s = std::max(v.start, r.start), e = std::min(v.end, r.end());
+    if (s < e && !v.writable) out.push_back({s, e - s});
+  }
+  return out;
+}
+
 Status PtraceMachine::map_zero(Proc* p, MemRange r, int prot) {
   if (p->is_master) {
     void* m = mmap(reinterpret_cast<void*>(r.start), r.len, prot,

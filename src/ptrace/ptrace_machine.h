@@ -84,6 +84,7 @@ class PtraceMachine final : public Machine {
   Status map_zero(Proc* p, MemRange r, int prot) override;
   Result<uint64_t> protect(Proc* p, MemRange r, int prot) override;
   Result<std::vector<MemRange>> holes(Proc* p, MemRange r) override;
+  Result<std::vector<MemRange>> read_only(Proc* p, MemRange r) override;
   Result<std::vector<uint64_t>> dirty_pages(Proc* p, MemRange r) override;
   Status read_pages(Proc* p, bool snapshot, std::span<const uint64_t> pages,
                     uint8_t* out) override;
