@@ -474,3 +474,33 @@ TEST(Merge, APageTheParentCannotWriteFailsTheWholeMergeBeforeAnyWrite) {
   });
   EXPECT_EQ(out, "00");
 }
+
+TEST(Zero, GetZeroOnItselfClearsASpacesOwnRangeAndPermZeroRemovesAccess) {
+  std::string out = twice([](std::string& out) {
+    static volatile long r_zero = -1, r_perm = -1;
+    static volatile int before = 0, after = 0;
+    std::memset(const_cast<uint8_t*>(g_bytes), 0x5a, sizeof g_bytes);
+    if (dfork(0) == 0) {
+      before = g_bytes[5000];
+      r_zero = dget(0, DET_ZERO, const_cast<uint8_t*>(&g_bytes[100]), 8000, nullptr);
+      after = g_bytes[5000] + g_bytes[99] * 1000;  // 0 + 0x5a * 1000
+      r_perm = dget(0, DET_PERM, const_cast<uint8_t*>(&g_bytes[8192]), 4096, nullptr);
+      g_spin = g_bytes[8192];  // no access any more: faults
+      ret_forever();
+    }
+    det_status st = status_of(0);
+    out += status_str(st) + " ";
+    CHECK_EQ(st.state, DET_S_FAULTED);
+    CHECK_EQ(st.addr, reinterpret_cast<uint64_t>(&g_bytes[8192]));
+    long got[4] = {};
+    CHECK_EQ(dget(0, DET_COPY, &got[0], 8, const_cast<long*>(&r_zero)), 0L);
+    CHECK_EQ(dget(0, DET_COPY, &got[1], 8, const_cast<long*>(&r_perm)), 0L);
+    int vals[2] = {};
+    CHECK_EQ(dget(0, DET_COPY, &vals[0], 4, const_cast<int*>(&before)), 0L);
+    CHECK_EQ(dget(0, DET_COPY, &vals[1], 4, const_cast<int*>(&after)), 0L);
+    out += std::to_string(got[0]) + " " + std::to_string(got[1]) + " " + std::to_string(vals[0]) +
+           " " + std::to_string(vals[1]);
+    CHECK_EQ(dput(0, DET_KILL, nullptr, 0, nullptr), 0L);
+  });
+  EXPECT_NE(out.find("0 0 90 90000"), std::string::npos) << out;
+}
