@@ -122,7 +122,8 @@ void PtraceMachine::reap_graveyard() {
 void PtraceMachine::pin(Proc* p) {
   if (p->pinned) return;
   int cpu = sched_getcpu();
-  if (cpu < 0 || sched_getaffinity(p->pid, sizeof p->affinity, &p->affinity) != 0) return;
+  // A space the program pinned to one CPU itself stays where it was put.
+  if (cpu < 0 || CPU_COUNT(&p->affinity) == 1) return;
   cpu_set_t one;
   CPU_ZERO(&one);
   CPU_SET(cpu, &one);
@@ -155,6 +156,9 @@ Proc* PtraceMachine::adopt(pid_t pid, const Proc& parent) {
   p->pid = pid;
   p->stop = StopKind::kSignal;
   p->tsc = parent.is_master ? kTscStart : parent.tsc;
+  // A space cannot change its own affinity: it is the creator's, kept here.
+  if (parent.is_master) sched_getaffinity(0, sizeof p->affinity, &p->affinity);
+  else p->affinity = parent.affinity;
   Proc* raw = p.get();
   procs_[pid] = std::move(p);
   return raw;

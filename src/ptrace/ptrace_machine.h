@@ -55,7 +55,7 @@ struct Proc {
   int pagemap_fd = -1;
   int maps_fd = -1;
   bool pinned = false;  // kept on the master's CPU while the supervisor works on it
-  cpu_set_t affinity{}; // what to restore when unpinned
+  cpu_set_t affinity{}; // its own affinity (its creator's), restored when unpinned
 };
 
 // The function a space made by the master runs when first started: it jumps
