@@ -121,14 +121,20 @@ Status batch_rw(pid_t pid, bool to_remote, std::span<const uint64_t> pages, uint
                      [&](const Piece& pc) { return static_cast<void*>(buf + pc.first * kPage); });
 }
 
-int open_maps(Proc* p) {
-  if (p->maps_fd < 0) {
-    char path[64];
-    std::snprintf(path, sizeof path, "/proc/%d/maps", p->pid);
-    p->maps_fd = open(path, O_RDONLY | O_CLOEXEC);
-  }
-  return p->maps_fd;
+// /proc/PID/<name>, opened read-only.
+int open_proc(pid_t pid, const char* name) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/%s", pid, name);
+  return open(path, O_RDONLY | O_CLOEXEC);
 }
+
+// The same, kept open in *slot for the life of the space.
+int cached_proc(pid_t pid, const char* name, int* slot) {
+  if (*slot < 0) *slot = open_proc(pid, name);
+  return *slot;
+}
+
+int open_maps(Proc* p) { return cached_proc(p->pid, "maps", &p->maps_fd); }
 
 // The mappings that meet r, in order: asked one by one (PROCMAP_QUERY), or
 // read from the text of /proc/PID/maps on older kernels.
@@ -153,14 +159,7 @@ Result<std::vector<Vma>> vmas_in(Proc* p, MemRange r) {
   return out;
 }
 
-int open_pagemap(Proc* p) {
-  if (p->pagemap_fd < 0) {
-    char path[64];
-    std::snprintf(path, sizeof path, "/proc/%d/pagemap", p->pid);
-    p->pagemap_fd = open(path, O_RDONLY | O_CLOEXEC);
-  }
-  return p->pagemap_fd;
-}
+int open_pagemap(Proc* p) { return cached_proc(p->pid, "pagemap", &p->pagemap_fd); }
 
 // PAGEMAP_SCAN (Linux 6.7): walks the page tables and reports populated
 // ranges only, so a huge sparse mapping (a 1 GiB arena with one page
@@ -266,9 +265,7 @@ Result<std::vector<uint8_t>> PtraceMachine::unchanged_since_snapshot(
     Proc* parent, Proc* child, std::span<const uint64_t> pages) {
   std::vector<uint8_t> out(pages.size(), 0);
   if (child->ref_pid <= 0 || pages.empty()) return out;
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/%d/pagemap", child->ref_pid);
-  int ref_fd = open(path, O_RDONLY | O_CLOEXEC);
+  int ref_fd = open_proc(child->ref_pid, "pagemap");
   int par_fd = open_pagemap(parent);
   if (ref_fd < 0 || par_fd < 0) {
     if (ref_fd >= 0) close(ref_fd);
