@@ -7,6 +7,8 @@
 // marked REFUSED or BADARCH, where it faults the space.  Registers:
 //   rax = DETUX_NR, rdi = op, rsi = child, rdx = flags,
 //   r10 = addr, r8 = size, r9 = child_addr;  result in rax.
+// A few calls the runtime emulates inside the space (console I/O) are sent
+// back to the space itself as SIGSYS (SECCOMP_RET_TRAP); see filter.h.
 // Only this header is shared by the space-side stubs and the supervisor.
 #pragma once
 
@@ -21,6 +23,8 @@ enum Op : long {
   kOpGet = 2,
   kOpRet = 3,
   kOpBirth = 4,  // a new space created by the master reports for duty
+  kOpRefuse = 5, // the runtime's system call emulation refuses call `child`:
+                 // the space faults as if the filter had refused it
 };
 
 // SECCOMP_RET_DATA values the filter attaches to a traced call.

@@ -191,7 +191,7 @@ TEST(Perm, GetPermOnSelfAllocatesZeroPagesInASpace) {
   std::string out = twice([](std::string& out) {
     static volatile long result = -1;
     if (dfork(0) == 0) {
-      uint64_t at = 0x200000000000ULL;
+      uint64_t at = 0x400000000000ULL;
       long r = dget(0, DET_PERM | DET_PROT_READ | DET_PROT_WRITE, reinterpret_cast<void*>(at),
                     3 * 4096, nullptr);
       auto* p = reinterpret_cast<volatile uint64_t*>(at);
@@ -405,7 +405,7 @@ TEST(Limits, MemoryLimitRefusesGrowthDeterministically) {
     CHECK_EQ(det_set_limits(&l), 0);
     static volatile long r1 = 0, r2 = 0;
     if (dfork(0) == 0) {
-      auto* at = reinterpret_cast<void*>(0x210000000000ULL);
+      auto* at = reinterpret_cast<void*>(0x410000000000ULL);
       r1 = dget(0, DET_PERM | DET_PROT_READ | DET_PROT_WRITE, at, 1 << 19, nullptr);
       r2 = dget(0, DET_PERM | DET_PROT_READ | DET_PROT_WRITE,
                 reinterpret_cast<char*>(at) + (1 << 19), 1 << 20, nullptr);

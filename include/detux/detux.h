@@ -206,7 +206,9 @@ struct det_limits {
   long max_spaces;
   /* Bytes a space may gain through DET_PERM, DET_ZERO and DET_COPY mappings
    * over its life (inherited by its children; default 16 GiB).  Beyond
-   * that the call returns -ENOMEM, deterministically. */
+   * that the call returns -ENOMEM, deterministically.  The same bound
+   * applies to the heap of each space (and of the master): malloc returns
+   * NULL with errno ENOMEM once a space holds this many heap bytes. */
   long max_space_bytes;
 };
 int det_set_limits(const struct det_limits *limits);

@@ -23,6 +23,13 @@
 #endif
 
 namespace detux::confine {
+
+bool is_emulated_call(long nr) {
+  for (int e : kEmulatedCalls)
+    if (e == nr) return true;
+  return false;
+}
+
 namespace {
 
 constexpr uint32_t kX32Bit = 0x40000000U;  // __X32_SYSCALL_BIT
@@ -36,7 +43,8 @@ uint32_t policy(const seccomp_data& d) {
   const uint32_t nr = static_cast<uint32_t>(d.nr);
   if (nr & kX32Bit) return trace(abi::kSeccompBadArch);
   if (nr == static_cast<uint32_t>(abi::kSyscallNr)) return trace(abi::kSeccompCall);
-  if (nr == __NR_exit || nr == __NR_exit_group) return SECCOMP_RET_ALLOW;
+  if (nr == __NR_exit || nr == __NR_exit_group || nr == __NR_rt_sigreturn) return SECCOMP_RET_ALLOW;
+  if (is_emulated_call(nr)) return SECCOMP_RET_TRAP;
   return trace(abi::kSeccompRefused);
 }
 
@@ -117,6 +125,10 @@ std::vector<sock_filter> build_space_filter() {
         "seccomp_rule_add(exit)");
   check(seccomp_rule_add_exact(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(exit_group), 0),
         "seccomp_rule_add(exit_group)");
+  check(seccomp_rule_add_exact(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(rt_sigreturn), 0),
+        "seccomp_rule_add(rt_sigreturn)");
+  for (int nr : kEmulatedCalls)
+    check(seccomp_rule_add_exact(ctx.get(), SCMP_ACT_TRAP, nr, 0), "seccomp_rule_add(emulated)");
   // x32 numbers: no rule needed, libseccomp routes nr >= 0x40000000 (except
   // -1) to the bad-arch action when x32 is not in the filter; check_policy
   // below verifies it.

@@ -13,10 +13,19 @@
 //   nr has bit 0x40000000 (x32 ABI)    -> TRACE | abi::kSeccompBadArch
 //   nr == abi::kSyscallNr              -> TRACE | abi::kSeccompCall
 //   nr == exit or exit_group           -> ALLOW
+//   nr == rt_sigreturn                 -> ALLOW
+//   nr in kEmulatedCalls               -> TRAP (SIGSYS in the space)
 //   anything else                      -> TRACE | abi::kSeccompRefused
 //
 // exit and exit_group are let through so that a space can end itself
-// without a round trip to the tracer; ending is deterministic.  Every other
+// without a round trip to the tracer; ending is deterministic.  The
+// emulated calls (console reads and writes, fstat and friends) are raised
+// as SIGSYS in the space itself, where the runtime's handler (rt/sysemu.cc)
+// answers them from the space's own memory or refuses them with a kOpRefuse
+// call, which faults the space as a refused call would.  rt_sigreturn ends
+// that handler; it only loads registers and a signal mask from the space's
+// own stack, which is deterministic (a garbage frame faults the space).
+// Every other
 // outcome stops the space at a PTRACE_EVENT_SECCOMP stop, where the
 // supervisor reads SECCOMP_RET_DATA with PTRACE_GETEVENTMSG and either
 // serves the detux call or faults the space.
@@ -48,6 +57,12 @@
 #include <vector>
 
 namespace detux::confine {
+
+// The calls sent back to the space as SIGSYS for the runtime to emulate.
+inline constexpr int kEmulatedCalls[] = {0 /* read */,   1 /* write */,  3 /* close */,
+                                         5 /* fstat */,  8 /* lseek */,  16 /* ioctl */,
+                                         19 /* readv */, 20 /* writev */, 262 /* newfstatat */};
+bool is_emulated_call(long nr);
 
 // Builds the space filter (see above) as a classic BPF program.  Throws
 // std::runtime_error / std::system_error if libseccomp fails or the

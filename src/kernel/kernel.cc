@@ -278,6 +278,10 @@ void Kernel::handle(const StopEvent& ev) {
         fault(s, DET_FAULT_BADCALL, 0, 0, 0);
         return;
       }
+      if (ev.op == abi::kOpRefuse) {  // the space's own emulation said no
+        fault(s, DET_FAULT_SYSCALL, 0, 0, static_cast<int64_t>(ev.child));
+        return;
+      }
       Call c{ev.op, ev.child, static_cast<unsigned long>(ev.flags), ev.addr, ev.size,
              ev.child_addr};
       long r = call(s, c);

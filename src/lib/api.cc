@@ -7,17 +7,17 @@
 // entry, so that it returns DET_CHILD like a child made by a space does.
 #include <detux/detux.h>
 #include <errno.h>
-#include <link.h>
 #include <setjmp.h>
 #include <string.h>
 
 #include <cstdlib>
-#include <vector>
 
 #include "abi.h"
 #include "kernel/kernel.h"
 #include "ptrace/birth.h"
 #include "ptrace/ptrace_machine.h"
+#include "rt/fault.h"
+#include "rt/join.h"
 
 using detux::abi::kOpGet;
 using detux::abi::kOpPut;
@@ -33,61 +33,15 @@ struct Master {
 Master* g_master = nullptr;
 sigjmp_buf* g_entry = nullptr;
 
-// The main executable's writable segments: what djoin merges.
-struct Segment {
-  uint64_t start, len;
-};
-std::vector<Segment>* g_segments = nullptr;
-
 [[noreturn]] void child_entry() { siglongjmp(*g_entry, 1); }
-
-// Cut [cut, cut+len) out of every segment.
-void subtract(std::vector<Segment>* segs, uint64_t cut, uint64_t len) {
-  std::vector<Segment> out;
-  for (const Segment& s : *segs) {
-    uint64_t e = s.start + s.len, ce = cut + len;
-    if (ce <= s.start || cut >= e) {
-      out.push_back(s);
-      continue;
-    }
-    if (cut > s.start) out.push_back({s.start, cut - s.start});
-    if (ce < e) out.push_back({ce, e - ce});
-  }
-  *segs = std::move(out);
-}
-
-// The main executable's writable PT_LOAD segments, without the parts the
-// dynamic linker writes: RELRO, and the lazily bound .got.plt (a child and
-// its parent both resolving the same function would otherwise conflict).
-int find_segments(dl_phdr_info* info, size_t, void* out) {
-  auto* segs = static_cast<std::vector<Segment>*>(out);
-  const ElfW(Dyn)* dyn = nullptr;
-  for (int i = 0; i < info->dlpi_phnum; ++i) {
-    const ElfW(Phdr)& ph = info->dlpi_phdr[i];
-    if (ph.p_type == PT_DYNAMIC) dyn = reinterpret_cast<const ElfW(Dyn)*>(info->dlpi_addr + ph.p_vaddr);
-    if (ph.p_type != PT_LOAD || !(ph.p_flags & PF_W)) continue;
-    segs->push_back({info->dlpi_addr + ph.p_vaddr, ph.p_memsz});
-  }
-  for (int i = 0; i < info->dlpi_phnum; ++i) {
-    const ElfW(Phdr)& ph = info->dlpi_phdr[i];
-    if (ph.p_type == PT_GNU_RELRO) subtract(segs, info->dlpi_addr + ph.p_vaddr, ph.p_memsz);
-  }
-  uint64_t pltgot = 0, pltrelsz = 0;
-  for (; dyn && dyn->d_tag != DT_NULL; ++dyn) {
-    if (dyn->d_tag == DT_PLTGOT) pltgot = dyn->d_un.d_ptr;  // relocated by ld.so
-    if (dyn->d_tag == DT_PLTRELSZ) pltrelsz = dyn->d_un.d_val;
-  }
-  if (pltgot) subtract(segs, pltgot, (3 + pltrelsz / sizeof(ElfW(Rela))) * 8);
-  return 1;  // the first object is the main executable
-}
 
 long ensure_master() {
   if (detux::g_in_space) return -DET_ENOTSPACE;
   if (g_master) return 0;
-  g_segments = new std::vector<Segment>;
-  dl_iterate_phdr(find_segments, g_segments);
+  detux::rt::rt_master_init();
   g_master = new Master;
   detux::set_child_entry(child_entry);
+  detux::set_sigsys_handler(detux::rt::on_sigsys);
   const char* t = getenv("DETUX_TRACE");
   g_master->kernel.set_trace(t && *t && strcmp(t, "0") != 0);
   return 0;
@@ -119,11 +73,21 @@ long space_call(long op, det_child_t child, unsigned long flags, void* addr, siz
 extern "C" {
 
 long dput(det_child_t child, unsigned long flags, void* addr, size_t size, void* child_addr) {
-  if (detux::g_in_space) return space_call(kOpPut, child, flags, addr, size, child_addr);
-  return master_call(kOpPut, child, flags, addr, size, child_addr);
+  // A Put that forks a child gives it a heap extent of its own (rt/join.h).
+  detux::rt::ForkPlan plan = detux::rt::fork_prepare(flags);
+  long r = detux::g_in_space ? space_call(kOpPut, child, flags, addr, size, child_addr)
+                             : master_call(kOpPut, child, flags, addr, size, child_addr);
+  if (r == DET_CHILD) {
+    detux::rt::fork_child(plan, child);
+    return r;
+  }
+  detux::rt::fork_done(plan, child, r);
+  if ((flags & DET_KILL) && r >= 0) detux::rt::child_killed(child);
+  return r;
 }
 
 long dget(det_child_t child, unsigned long flags, void* addr, size_t size, void* child_addr) {
+  if (flags & DET_MERGE) detux::rt::child_merged(child);
   if (detux::g_in_space) return space_call(kOpGet, child, flags, addr, size, child_addr);
   return master_call(kOpGet, child, flags, addr, size, child_addr);
 }
@@ -139,21 +103,7 @@ int dfork(det_child_t child) {
 }
 
 int djoin_status(det_child_t child, struct det_status* out) {
-  det_status st{};
-  long r = dget(child, DET_STATUS, &st, sizeof st, nullptr);
-  if (r < 0) return static_cast<int>(r);
-  if (st.state == DET_S_ABSENT) return -ESRCH;
-  if (st.state == DET_S_FAULTED) r = -DET_EFAULTED;
-  else if (st.state == DET_S_EXITED && st.exit_code != 0) r = -DET_EEXITED;
-  for (size_t i = 0; r == 0 && g_segments && i < g_segments->size(); ++i) {
-    void* a = reinterpret_cast<void*>((*g_segments)[i].start);
-    r = dget(child, DET_MERGE, a, (*g_segments)[i].len, a);
-  }
-  if (r == -DET_ECONFLICT) dget(child, DET_STATUS, &st, sizeof st, nullptr);
-  if (out) *out = st;
-  long k = dput(child, DET_KILL, nullptr, 0, nullptr);
-  if (r == 0 && k < 0) r = k;
-  return static_cast<int>(r);
+  return detux::rt::join_child(child, true, out);
 }
 
 int djoin(det_child_t child) { return djoin_status(child, nullptr); }
@@ -179,6 +129,7 @@ int det_set_limits(const struct det_limits* limits) {
   if (long r = ensure_master(); r < 0) return static_cast<int>(r);
   if (!limits) return -EINVAL;
   auto s = g_master->kernel.set_limits(*limits);
+  if (s.ok() && limits->max_space_bytes) detux::rt::heap_set_limit(limits->max_space_bytes);
   return s.ok() ? 0 : static_cast<int>(s.err());
 }
 

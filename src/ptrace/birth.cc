@@ -159,6 +159,22 @@ void sanitize_mappings(uint64_t vdso) {
   close(fd);
 }
 
+// SIGSYS runs the runtime's emulation (never blocked, never deferred: the
+// space cannot change either afterwards, rt_sigaction and rt_sigprocmask
+// being refused; a SIGSYS the filter raises is delivered even if blocked).
+void install_sigsys(void (*handler)(int, siginfo_t*, void*)) {
+  if (!handler) return;
+  struct sigaction sa {};
+  sa.sa_sigaction = handler;
+  sa.sa_flags = SA_SIGINFO;
+  sigfillset(&sa.sa_mask);
+  if (sigaction(SIGSYS, &sa, nullptr) != 0) die(119);
+  sigset_t sys;
+  sigemptyset(&sys);
+  sigaddset(&sys, SIGSYS);
+  if (sigprocmask(SIG_UNBLOCK, &sys, nullptr) != 0) die(119);
+}
+
 }  // namespace
 
 void space_birth(const BirthPlan& plan) {
@@ -173,6 +189,7 @@ void space_birth(const BirthPlan& plan) {
   syscall(SYS_close_range, 0, ~0U, 0);
   if (prctl(PR_SET_TSC, PR_TSC_SIGSEGV) != 0) die(123);
   if (syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) != 0) die(123);
+  install_sigsys(plan.sigsys);
   g_in_space = 1;
   // The snapshot: a clone that stops (auto-attached, SIGSTOP) before it runs
   // one instruction, and is never resumed.  Taken here, it differs from the

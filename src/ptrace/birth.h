@@ -15,6 +15,7 @@
 #pragma once
 
 #include <linux/filter.h>
+#include <signal.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -28,6 +29,9 @@ struct BirthPlan {
   uint64_t vdso = 0;              // getauxval(AT_SYSINFO_EHDR), or 0
   bool snapshot = false;          // also fork the frozen reference
   void (*entry)() = nullptr;      // [[noreturn]]: back into dput()
+  // The runtime's SIGSYS handler, which emulates the calls the filter traps
+  // (console I/O), or null.
+  void (*sigsys)(int, siginfo_t*, void*) = nullptr;
 };
 
 // Runs in the child; never returns.

@@ -176,6 +176,14 @@ bool PtraceMachine::decode_signal(Proc* p, StopEvent* ev) {
     ptrace(PTRACE_CONT, p->pid, nullptr, nullptr);
     return false;
   }
+  // A call the filter sends back to the space (SECCOMP_RET_TRAP): the
+  // runtime's handler in the space emulates it.  Only the kernel makes this
+  // si_code; a process cannot forge it for another process.
+  if (si.si_signo == SIGSYS && si.si_code == 1 /* SYS_SECCOMP */) {
+    p->stop = StopKind::kRunning;
+    ptrace(PTRACE_CONT, p->pid, nullptr, reinterpret_cast<void*>(SIGSYS));
+    return false;
+  }
   if (si.si_signo == SIGSEGV && si.si_code == SI_KERNEL && emulate_insn(p)) {
     p->stop = StopKind::kRunning;
     ptrace(PTRACE_CONT, p->pid, nullptr, nullptr);

@@ -79,6 +79,7 @@ PtraceMachine::~PtraceMachine() {
 }
 
 void set_child_entry(void (*entry)()) { g_plan.entry = entry; }
+void set_sigsys_handler(void (*handler)(int, siginfo_t*, void*)) { g_plan.sigsys = handler; }
 
 Result<pid_t> PtraceMachine::wait_pid(pid_t pid, int* status) {
   for (;;) {

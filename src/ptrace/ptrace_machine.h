@@ -61,6 +61,8 @@ struct Proc {
 // The function a space made by the master runs when first started: it jumps
 // back into the dput() that created it.  Set once by the library.
 void set_child_entry(void (*entry)());
+// The handler every space runs for the calls the filter traps (birth.h).
+void set_sigsys_handler(void (*handler)(int, siginfo_t*, void*));
 
 class PtraceMachine final : public Machine {
  public:

@@ -1,0 +1,169 @@
+// console.cc: standard input and output for spaces (see console.h).
+#include "rt/console.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdio_ext.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "ptrace/birth.h"
+
+namespace detux::rt {
+
+namespace {
+
+RtState g_rt;
+constexpr uint64_t kInputChunk = 64 << 10;
+
+// Room for `need` bytes in a growable buffer of this space's heap.
+bool ensure(uint64_t* buf, uint64_t* cap, uint64_t need) {
+  if (need <= *cap) return true;
+  uint64_t n = std::max({need, *cap * 2, uint64_t{4096}});
+  void* p = heap_realloc(reinterpret_cast<void*>(*buf), n);
+  if (!p) return false;
+  *buf = reinterpret_cast<uint64_t>(p);
+  *cap = n;
+  return true;
+}
+
+// A space asks its parent for the next bytes of the input stream.
+void request_input() {
+  ConsoleIn& in = g_rt.in;
+  if (!ensure(&in.buf, &in.cap, in.len + kInputChunk)) {
+    in.eof = true;  // no memory to receive into: the stream ends here
+    return;
+  }
+  g_rt.want = kInputChunk;
+  g_rt.reply = InputReply{};
+  g_rt.why = RetWhy::kInput;
+  dret();
+  g_rt.why = RetWhy::kNone;
+  in.len += std::min(g_rt.reply.got, kInputChunk);
+  if (g_rt.reply.eof) in.eof = true;
+}
+
+// The master reads its real standard input.
+void read_real_input() {
+  ConsoleIn& in = g_rt.in;
+  if (!ensure(&in.buf, &in.cap, in.len + kInputChunk)) {
+    in.eof = true;
+    return;
+  }
+  for (;;) {
+    ssize_t r = ::read(0, reinterpret_cast<char*>(in.buf) + in.len, kInputChunk);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) in.eof = true;
+    else in.len += static_cast<uint64_t>(r);
+    return;
+  }
+}
+
+void fetch_more() {
+  if (g_in_space) request_input();
+  else read_real_input();
+}
+
+}  // namespace
+
+RtState& rt_state() { return g_rt; }
+
+long console_write(int fd, const void* buf, size_t len) {
+  ConsoleOut& o = g_rt.out;
+  len = std::min<size_t>(len, 1U << 30);
+  if (!ensure(&o.buf, &o.cap, o.len + 5 + len)) return -ENOSPC;
+  auto* p = reinterpret_cast<uint8_t*>(o.buf) + o.len;
+  p[0] = static_cast<uint8_t>(fd);
+  uint32_t n = static_cast<uint32_t>(len);
+  memcpy(p + 1, &n, 4);
+  memcpy(p + 5, buf, len);
+  o.len += 5 + len;
+  return static_cast<long>(len);
+}
+
+long console_read(void* buf, size_t len) {
+  ConsoleIn& in = g_rt.in;
+  while (in.pos >= in.len && !in.eof) fetch_more();
+  uint64_t n = std::min<uint64_t>(len, in.len - in.pos);
+  memcpy(buf, reinterpret_cast<char*>(in.buf) + in.pos, n);
+  in.pos += n;
+  return static_cast<long>(n);
+}
+
+long console_collect(det_child_t child, const RtState& crt) {
+  uint64_t len = crt.out.len;
+  if (len == 0) return 0;
+  auto* data = static_cast<uint8_t*>(heap_alloc(len));
+  if (!data) return -ENOMEM;
+  long r = dget(child, DET_COPY, data, len, reinterpret_cast<void*>(crt.out.buf));
+  FILE* last = nullptr;
+  for (uint64_t at = 0; r >= 0 && at + 5 <= len;) {
+    uint32_t n;
+    memcpy(&n, data + at + 1, 4);
+    if (at + 5 + n > len) break;  // a torn record: the child faulted mid-write
+    FILE* f = data[at] == 2 ? stderr : stdout;
+    if (last && last != f) fflush(last);  // keep the child's interleaving
+    fwrite(data + at + 5, 1, n, f);
+    last = f;
+    at += 5 + n;
+  }
+  if (last == stderr) fflush(stderr);
+  heap_free(data);
+  return r < 0 ? r : 0;
+}
+
+long console_supply(det_child_t child, const RtState& crt) {
+  ConsoleIn& in = g_rt.in;
+  uint64_t at = crt.in.len;  // the stream offset the child has reached
+  while (in.len <= at && !in.eof) fetch_more();
+  uint64_t n = in.len > at ? std::min(crt.want, in.len - at) : 0;
+  if (n) {
+    long r = dput(child, DET_COPY, reinterpret_cast<char*>(in.buf) + at, n,
+                  reinterpret_cast<void*>(crt.in.buf + crt.in.len));
+    if (r < 0) return r;
+  }
+  InputReply rep{n, n == 0};
+  return dput(child, DET_COPY, &rep, sizeof rep, &g_rt.reply);
+}
+
+// A stream's buffer is a block of the parent's heap: the child must not
+// write into it (the merge would carry its bytes into the parent's buffer),
+// nor free it (the parent still uses it).  It forgets the buffer, so stdio
+// allocates a new one, in the child's own heap, at the next use.  Output the
+// parent had buffered is the parent's to print.  Input it had read ahead
+// came from the stream (when the parent is a space), so the child steps its
+// stream position back over it and reads those bytes again.
+void forget_buffer(FILE* f, bool input_from_stream) {
+  constexpr int kUnbuffered = 0x0002, kUserBuf = 0x0001, kPutting = 0x0800;
+  if (f->_flags & kUnbuffered) return;  // its one-byte buffer is inside the FILE
+  if (input_from_stream && f->_IO_read_end > f->_IO_read_ptr) {
+    uint64_t ahead = static_cast<uint64_t>(f->_IO_read_end - f->_IO_read_ptr);
+    g_rt.in.pos = g_rt.in.pos >= ahead ? g_rt.in.pos - ahead : 0;
+  }
+  f->_IO_buf_base = f->_IO_buf_end = nullptr;
+  f->_IO_read_base = f->_IO_read_ptr = f->_IO_read_end = nullptr;
+  f->_IO_write_base = f->_IO_write_ptr = f->_IO_write_end = nullptr;
+  f->_IO_save_base = f->_IO_backup_base = f->_IO_save_end = nullptr;
+  f->_flags &= ~(kUserBuf | kPutting);
+}
+
+void console_child_start(bool parent_in_space) {
+  g_rt.out = ConsoleOut{};
+  forget_buffer(stdout, false);
+  forget_buffer(stderr, false);
+  forget_buffer(stdin, parent_in_space);
+}
+
+void rt_child_start(det_child_t self, Extent e, bool parent_in_space) {
+  g_rt.self = self;
+  g_rt.extent = e;
+  g_rt.why = RetWhy::kNone;
+  g_rt.want = 0;
+  g_rt.reply = InputReply{};
+  heap_child_start(e);
+  console_child_start(parent_in_space);
+}
+
+}  // namespace detux::rt

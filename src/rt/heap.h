@@ -1,0 +1,85 @@
+// heap.h: the deterministic heap that malloc, new and the runtime use.
+//
+// Every detux program has one heap region at a fixed address, reserved once
+// (address space only, MAP_NORESERVE) by the first allocation in the
+// process, before it becomes master.  Spaces inherit the reservation when
+// they are forked, so a space gets new memory without any system call: the
+// Linux kernel supplies a zero page on first touch, and the supervisor
+// merges the heap at join like any other shared data.
+//
+// Determinism comes from ownership of address space.  Each space owns one
+// extent of the region and carves new blocks only inside it, lowest address
+// first; a thread forked with dfork is handed a fresh extent cut from the
+// top of its parent's largest free interval (1/32 of it, at least 64 MiB
+// where there is room), so blocks allocated by two children running at the
+// same time can never overlap, and their addresses depend only on the
+// program.  A space reuses freed blocks only in its own extent; a block it
+// frees that belongs to an ancestor is remembered and freed by the parent at
+// join.  At join the parent takes back what the child did not use: its free
+// intervals, its partly used runs and its free lists, which after the merge
+// sit in the parent's memory.  If the join does not merge (a conflict or a
+// fault), the whole extent returns to the parent.
+//
+// Blocks carry a 16-byte header (size and a check word), so free() of a
+// pointer the heap never gave out is caught: in a space it faults the space
+// (its parent sees the fault), in the master it aborts with a message.
+// Running out of the extent, or past the space's memory limit, makes malloc
+// return NULL with errno ENOMEM, at the same allocation on every run.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace detux::rt {
+
+inline constexpr uint64_t kHeapBase = 0x100000000000ULL;  // 16 TiB
+inline constexpr uint64_t kHeapMaxSize = 1ULL << 45;       // 32 TiB of address space
+
+struct Extent {
+  uint64_t lo = 0, hi = 0;
+  uint64_t size() const { return hi - lo; }
+};
+
+inline constexpr int kClasses = 31;     // block sizes 32 B .. 1 MiB (x1, x1.5 steps)
+inline constexpr int kMaxIntervals = 512;
+
+struct FreeList {
+  uint64_t head = 0, tail = 0;  // blocks (header addresses), linked through their bodies
+  uint64_t run_next = 0, run_end = 0;  // the part of the current run not yet cut
+};
+
+// A space's heap state.  It lives in libdetux's own data, which djoin never
+// merges, so every space has its own; a parent reads its child's copy at join.
+struct HeapState {
+  bool ready = false;
+  Extent own;                      // blocks inside are this space's to reuse
+  Extent region;                   // the whole reserved heap
+  int nfree = 0;
+  Extent free[kMaxIntervals];      // not yet carved, sorted, coalesced
+  FreeList cls[kClasses];
+  uint64_t deferred = 0;           // array of foreign blocks freed here
+  uint64_t ndeferred = 0, deferred_cap = 0;
+  uint64_t committed = 0;          // bytes carved and not given back
+  uint64_t limit = 16ULL << 30;    // most bytes this space may hold
+  bool limited = false;            // the master is not limited
+};
+
+HeapState& heap_state();
+Extent heap_region();
+
+void* heap_alloc(size_t n);
+void* heap_alloc_aligned(size_t align, size_t n);
+void heap_free(void* p);
+void* heap_realloc(void* p, size_t n);
+size_t heap_usable(const void* p);
+
+// The fork/join protocol (called by the API around creating and joining a
+// child; the heap lock is not held across them).
+Extent heap_carve_child();                 // parent: the new child's extent
+void heap_child_start(Extent e);           // child: start a fresh heap in e
+// parent: after the join.  `merged` says whether the child's memory was
+// merged into the parent; `child` is the child's HeapState as it ended.
+void heap_join(const HeapState& child, Extent e, bool merged);
+void heap_set_limit(uint64_t bytes);
+
+}  // namespace detux::rt

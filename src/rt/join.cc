@@ -1,0 +1,211 @@
+// join.cc: creating and joining children, the runtime's half (see join.h).
+#include "rt/join.h"
+
+#include <errno.h>
+#include <link.h>
+
+#include <vector>
+
+#include "ptrace/birth.h"
+#include "rt/console.h"
+#include "rt/heap.h"
+
+namespace detux::rt {
+
+namespace {
+
+struct Segment {
+  uint64_t start, len;
+};
+std::vector<Segment>* g_segments = nullptr;
+
+// Cut [cut, cut+len) out of every segment.
+void subtract(std::vector<Segment>* segs, uint64_t cut, uint64_t len) {
+  std::vector<Segment> out;
+  for (const Segment& s : *segs) {
+    uint64_t e = s.start + s.len, ce = cut + len;
+    if (ce <= s.start || cut >= e) {
+      out.push_back(s);
+      continue;
+    }
+    if (cut > s.start) out.push_back({s.start, cut - s.start});
+    if (ce < e) out.push_back({ce, e - ce});
+  }
+  *segs = std::move(out);
+}
+
+// Library objects the executable holds by copy relocation (std::cout,
+// stdout, environ ...) live in its .bss but belong to their libraries, whose
+// own data is private to each space: they are not merged either (two
+// children both initialising std::cout's fill character would conflict).
+void subtract_copy_relocs(std::vector<Segment>* segs, uint64_t bias, const ElfW(Dyn)* dyn) {
+  uint64_t rela = 0, relasz = 0, symtab = 0;
+  for (; dyn && dyn->d_tag != DT_NULL; ++dyn) {
+    if (dyn->d_tag == DT_RELA) rela = dyn->d_un.d_ptr;
+    if (dyn->d_tag == DT_RELASZ) relasz = dyn->d_un.d_val;
+    if (dyn->d_tag == DT_SYMTAB) symtab = dyn->d_un.d_ptr;
+  }
+  if (!rela || !symtab) return;
+  const auto* r = reinterpret_cast<const ElfW(Rela)*>(rela);
+  const auto* syms = reinterpret_cast<const ElfW(Sym)*>(symtab);
+  for (size_t i = 0; i < relasz / sizeof(ElfW(Rela)); ++i) {
+    if (ELF64_R_TYPE(r[i].r_info) != R_X86_64_COPY) continue;
+    uint64_t size = syms[ELF64_R_SYM(r[i].r_info)].st_size;
+    subtract(segs, bias + r[i].r_offset, size);
+  }
+}
+
+// The main executable's writable PT_LOAD segments, without the parts the
+// dynamic linker writes: RELRO, and the lazily bound .got.plt (a child and
+// its parent both resolving the same function would otherwise conflict),
+// and without the copy-relocated library objects.
+int find_segments(dl_phdr_info* info, size_t, void* out) {
+  auto* segs = static_cast<std::vector<Segment>*>(out);
+  const ElfW(Dyn)* dyn = nullptr;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+    if (ph.p_type == PT_DYNAMIC) dyn = reinterpret_cast<const ElfW(Dyn)*>(info->dlpi_addr + ph.p_vaddr);
+    if (ph.p_type != PT_LOAD || !(ph.p_flags & PF_W)) continue;
+    segs->push_back({info->dlpi_addr + ph.p_vaddr, ph.p_memsz});
+  }
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+    if (ph.p_type == PT_GNU_RELRO) subtract(segs, info->dlpi_addr + ph.p_vaddr, ph.p_memsz);
+  }
+  subtract_copy_relocs(segs, info->dlpi_addr, dyn);
+  uint64_t pltgot = 0, pltrelsz = 0;
+  for (; dyn && dyn->d_tag != DT_NULL; ++dyn) {
+    if (dyn->d_tag == DT_PLTGOT) pltgot = dyn->d_un.d_ptr;  // relocated by ld.so
+    if (dyn->d_tag == DT_PLTRELSZ) pltrelsz = dyn->d_un.d_val;
+  }
+  if (pltgot) subtract(segs, pltgot, (3 + pltrelsz / sizeof(ElfW(Rela))) * 8);
+  return 1;  // the first object is the main executable
+}
+
+// The heap extents of this space's live children.  In libdetux's own data,
+// never in the heap: a child starts with an empty table of its own and must
+// not write into its parent's.
+struct ChildRec {
+  det_child_t id;
+  Extent extent;
+  bool used = false, merged = false;
+};
+constexpr size_t kMaxRecs = 4096;
+ChildRec g_recs[kMaxRecs];
+
+ChildRec* find_rec(det_child_t id, bool make) {
+  size_t h = (id * 0x9E3779B97F4A7C15ULL) >> 52;  // 12 bits
+  for (size_t i = 0; i < kMaxRecs; ++i) {
+    ChildRec& r = g_recs[(h + i) % kMaxRecs];
+    if (r.used && r.id == id) return &r;
+    if (!r.used && make) {
+      r = ChildRec{id, {}, true, false};
+      return &r;
+    }
+  }
+  return nullptr;
+}
+
+// Removes the record (backward-shift deletion keeps probing correct).
+void drop_rec(ChildRec* r) {
+  size_t i = static_cast<size_t>(r - g_recs);
+  g_recs[i].used = false;
+  for (size_t j = (i + 1) % kMaxRecs; g_recs[j].used; j = (j + 1) % kMaxRecs) {
+    ChildRec moved = g_recs[j];
+    g_recs[j].used = false;
+    *find_rec(moved.id, true) = moved;
+  }
+}
+
+long merge_range(det_child_t child, uint64_t start, uint64_t len) {
+  void* a = reinterpret_cast<void*>(start);
+  return dget(child, DET_MERGE, a, len, a);
+}
+
+}  // namespace
+
+void rt_master_init() {
+  if (g_segments) return;
+  g_segments = new std::vector<Segment>;
+  dl_iterate_phdr(find_segments, g_segments);
+}
+
+ForkPlan fork_prepare(unsigned long flags) {
+  ForkPlan plan;
+  if (flags & DET_FORK) plan.extent = heap_carve_child();
+  plan.parent_in_space = g_in_space;
+  return plan;
+}
+
+void fork_child(const ForkPlan& plan, det_child_t self) {
+  for (ChildRec& r : g_recs) r.used = false;
+  rt_child_start(self, plan.extent, plan.parent_in_space);
+}
+
+void fork_done(const ForkPlan& plan, det_child_t child, long r) {
+  if (plan.extent.size() == 0) return;
+  ChildRec* rec = r >= 0 ? find_rec(child, true) : nullptr;
+  if (rec) rec->extent = plan.extent;
+  else heap_join(HeapState{}, plan.extent, false);  // failed, or no room to remember it
+}
+
+void child_merged(det_child_t child) {
+  if (ChildRec* r = find_rec(child, false)) r->merged = true;
+}
+
+void child_killed(det_child_t child) {
+  ChildRec* r = find_rec(child, false);
+  if (!r) return;
+  if (!r->merged) heap_join(HeapState{}, r->extent, false);
+  drop_rec(r);
+}
+
+long wait_child(det_child_t child, det_status* st, RtState* crt) {
+  for (;;) {
+    long r = dget(child, DET_STATUS, st, sizeof *st, nullptr);
+    if (r < 0) return r;
+    if (st->state == DET_S_ABSENT) return -ESRCH;
+    *crt = RtState{};
+    if (dget(child, DET_COPY, crt, sizeof *crt, &rt_state()) < 0) return 0;
+    if (st->state != DET_S_STOPPED || crt->why != RetWhy::kInput) return 0;
+    if ((r = console_supply(child, *crt)) < 0) return r;
+    if ((r = dput(child, DET_START, nullptr, 0, nullptr)) < 0) return r;
+  }
+}
+
+long merge_shared(det_child_t child, bool* heap_merged) {
+  *heap_merged = false;
+  Extent heap = heap_region();
+  if (heap.size()) {
+    if (long r = merge_range(child, heap.lo, heap.size()); r < 0) return r;
+    *heap_merged = true;
+  }
+  for (size_t i = 0; g_segments && i < g_segments->size(); ++i) {
+    if (long r = merge_range(child, (*g_segments)[i].start, (*g_segments)[i].len); r < 0)
+      return r;
+  }
+  return 0;
+}
+
+int join_child(det_child_t child, bool merge_memory, det_status* out) {
+  det_status st{};
+  RtState crt;
+  long r = wait_child(child, &st, &crt);
+  if (r < 0) return static_cast<int>(r);
+  if (st.state == DET_S_FAULTED) r = -DET_EFAULTED;
+  else if (st.state == DET_S_EXITED && st.exit_code != 0) r = -DET_EEXITED;
+  bool heap_merged = false;
+  if (r == 0 && merge_memory) r = merge_shared(child, &heap_merged);
+  if (r == -DET_ECONFLICT) dget(child, DET_STATUS, &st, sizeof st, nullptr);
+  console_collect(child, crt);
+  HeapState ch;
+  if (heap_merged && dget(child, DET_COPY, &ch, sizeof ch, &heap_state()) < 0) ch = HeapState{};
+  if (ChildRec* rec = find_rec(child, false)) drop_rec(rec);
+  heap_join(ch, crt.extent, heap_merged);
+  if (out) *out = st;
+  long k = dput(child, DET_KILL, nullptr, 0, nullptr);
+  if (r == 0 && k < 0) r = k;
+  return static_cast<int>(r);
+}
+
+}  // namespace detux::rt
