@@ -67,14 +67,21 @@ typedef unsigned long det_child_t;
 /* Snapshot (Put only): after any copy, the child's whole memory is frozen
  * as its reference image for a later Get with DET_MERGE. */
 #define DET_SNAP 0x0008UL
-/* Merge (Get only): three-way merge of the child's [addr, +size) (same
+/* Merge.  Get: three-way merge of the child's [addr, +size) (same
  * address in both; child_addr must equal addr or be NULL) into the caller,
  * against the child's snapshot.  Bytes changed only in the child are copied
  * to the caller, bytes changed only in the caller stay, bytes changed on
  * both sides are a conflict.  On conflict NOTHING is written: the caller's
  * memory is exactly as before the call, dget returns -DET_ECONFLICT, and
  * the child's status reports the lowest conflicting address (the same on
- * every run).  The child needs a snapshot (else -EINVAL). */
+ * every run).  The child needs a snapshot (else -EINVAL).
+ * Put (a barrier's refresh): make the child's [addr, +size) equal to the
+ * caller's, like DET_COPY at the same address, but moving only the pages
+ * that can differ: those the child wrote since its snapshot and those in
+ * which the caller differs from that snapshot.  The child needs a snapshot
+ * taken from the caller's memory (a dfork, or an earlier Put MERGE|SNAP),
+ * else -EINVAL.  Usually given with DET_SNAP|DET_START, as a barrier does:
+ * cost proportional to what changed, not to the size of the range. */
 #define DET_MERGE 0x0010UL
 /* Permissions on page-aligned ranges (else -EINVAL).  Put: the child's
  * [child_addr, +size); Get: the caller's own [addr, +size).  Mapped pages
@@ -168,14 +175,52 @@ void dret(void);
 int dfork(det_child_t child);
 
 /* Wait until `child` stops, merge its changes to the program's shared memory
- * (every writable segment of the main executable: data and bss; never
- * stacks, the malloc heap of glibc, or detux's own state) into the caller,
- * and kill and forget the child.  A child that stopped in dret() or exited
- * with code 0 is merged.  Returns 0, -DET_ECONFLICT (nothing merged),
- * -DET_EFAULTED or -DET_EEXITED (nothing merged), or another -errno.
- * djoin_status also reports the child's last status (may be NULL). */
+ * into the caller, print its console output, and kill and forget the child.
+ * Shared memory is the heap (malloc, new) and the main executable's
+ * writable data and bss, without what belongs to libraries (RELRO, the
+ * lazily bound GOT, copy-relocated objects such as std::cout); never
+ * stacks, the libraries' own data (stdio state) or detux's.  A child that
+ * stopped in dret() or exited with code 0 is merged.  While waiting, the
+ * caller serves the child's requests for standard input.  Returns 0,
+ * -DET_ECONFLICT (the heap is merged first, then the executable's data; the
+ * part with the conflict is left exactly as it was), -DET_EFAULTED or
+ * -DET_EEXITED (nothing merged), or another -errno.  djoin_status also
+ * reports the child's last status (may be NULL). */
 int djoin(det_child_t child);
 int djoin_status(det_child_t child, struct det_status *status);
+
+/* ---- The runtime: threads that merge, barriers, parallel loops ---------
+ * Determinator's threads: a thread is a child space forked from a snapshot
+ * of the caller; its writes to shared memory reach the caller when it is
+ * joined, children in id order.  Inside spaces, malloc/free/new/delete,
+ * printf/puts/std::cout/std::cerr and reads of stdin work unchanged: the
+ * heap is deterministic (same addresses on every run, no conflicts between
+ * children allocating at the same time), and output appears at the join. */
+typedef void (*det_thread_fn)(void *arg);
+/* Start child `child` as a thread running fn(arg).  When fn returns, the
+ * thread flushes its stdio and ends (exit code 0).  0 or a negative error
+ * (-EEXIST if the id is in use, -DET_ELIMIT). */
+int det_thread_start(det_child_t child, det_thread_fn fn, void *arg);
+/* In a thread: wait at the barrier of its group (see det_group_join).  In
+ * the master, or in a space whose parent is not in det_group_join, it is a
+ * plain dret(). */
+void det_barrier(void);
+/* Join the threads [first, first+count), Determinator's barrier included:
+ * wait for them in id order; when every thread still running has reached
+ * det_barrier(), merge them all, in id order, print their output, and start
+ * them again on the merged memory, so each sees the others' writes.
+ * Threads that end are joined as by djoin.  Returns 0 when all have ended,
+ * or the first error in id order; then every thread of the group is killed
+ * and *failed (if not NULL) tells which child failed and its status. */
+int det_group_join(det_child_t first, det_child_t count, det_child_t *failed,
+                   struct det_status *status);
+/* fn(i, arg) for every i in [begin, end).  The range is cut into chunks of
+ * `grain` iterations (fixed by the caller, never by the number of CPUs),
+ * chunk k running in child k; at most 64 chunks run at once, always the
+ * same ones together, so the result is the same on 1 or N CPUs.  Returns 0
+ * or the first error, as det_group_join. */
+int det_parallel_for(long begin, long end, long grain, void (*fn)(long i, void *arg),
+                     void *arg);
 
 /* ---- Master only -------------------------------------------------------- */
 /* Become master explicitly (the first detux call does it implicitly).

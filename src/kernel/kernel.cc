@@ -85,7 +85,9 @@ long Kernel::ret(Space& caller) {
 
 long Kernel::put(Space& caller, const Call& c) {
   unsigned long f = c.flags;
-  if (f & (DET_MERGE | DET_STATUS)) return -EINVAL;
+  if (f & DET_STATUS) return -EINVAL;
+  if ((f & DET_MERGE) && (f & (DET_COPY | DET_ZERO | DET_PERM | DET_REGS))) return -EINVAL;
+  if ((f & DET_MERGE) && c.child_addr && c.child_addr != c.addr) return -EINVAL;
   if ((f & DET_COPY) && (f & DET_ZERO)) return -EINVAL;
   if ((f & DET_REGS) && (f & (DET_COPY | DET_ZERO | DET_PERM))) return -EINVAL;
   if (f & DET_KILL) {
@@ -165,7 +167,8 @@ long Kernel::do_put(Space& caller, Space& child, const Call& c) {
     if (!s.ok()) return s.err();
   }
   long r = 0;
-  if (f & DET_COPY) r = copy_range(caller, c.addr, child, c.child_addr, c.size);
+  if (f & DET_MERGE) r = refresh_range(caller, child, c.addr, c.size);
+  else if (f & DET_COPY) r = copy_range(caller, c.addr, child, c.child_addr, c.size);
   else if (f & DET_ZERO) r = zero_range(child, c.child_addr, c.size, f);
   else if (f & DET_PERM) r = perm_range(child, c.child_addr, c.size, f);
   if (r < 0) return r;

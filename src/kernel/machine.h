@@ -113,6 +113,8 @@ class Machine {
   // zeros is always a correct answer, only a slower one.
   virtual Result<std::vector<uint8_t>> unchanged_since_snapshot(
       Proc* parent, Proc* child, std::span<const uint64_t> pages) = 0;
+  // Page-aligned.  Pages of r that are populated in p (ascending).
+  virtual Result<std::vector<uint64_t>> populated_pages(Proc* p, MemRange r) = 0;
   // Copy whole pages from one stopped space (or the master) to another at
   // the same addresses.
   virtual Status copy_pages(Proc* from, Proc* to, std::span<const uint64_t> pages) = 0;

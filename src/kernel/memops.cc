@@ -155,6 +155,39 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
   return s.ok() ? 0 : s.err();
 }
 
+// Put/Merge: the child's range becomes the parent's.  Only pages that can
+// differ move: those the child wrote since its snapshot, and those in which
+// the parent no longer holds the snapshot's very page.  Partial end pages
+// move byte-exact.
+long Kernel::refresh_range(Space& parent, Space& child, uint64_t addr, uint64_t len) {
+  if (len == 0) return 0;
+  if (bad_range(addr, len)) return -EINVAL;
+  if (!m_.has_snapshot(child.proc)) return -EINVAL;
+  MemRange span{page_down(addr), page_up(addr + len) - page_down(addr)};
+  auto dirty = m_.dirty_pages(child.proc, span);
+  if (!dirty.ok()) return dirty.err();
+  auto mine = m_.populated_pages(parent.proc, span);
+  if (!mine.ok()) return mine.err();
+  auto same = m_.unchanged_since_snapshot(parent.proc, child.proc, *mine);
+  if (!same.ok()) return same.err();
+  std::vector<uint64_t> pages = std::move(*dirty);
+  for (size_t i = 0; i < mine->size(); ++i)
+    if (!(*same)[i]) pages.push_back((*mine)[i]);
+  std::sort(pages.begin(), pages.end());
+  pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
+  std::vector<uint64_t> whole;
+  for (uint64_t pg : pages) {
+    if (pg >= addr && pg + kPage <= addr + len) {
+      whole.push_back(pg);
+      continue;
+    }
+    uint64_t lo = std::max(pg, addr), hi = std::min(pg + kPage, addr + len);
+    if (long r = move_bytes(parent, lo, child, lo, hi - lo); r < 0) return r;
+  }
+  Status s = m_.copy_pages(parent.proc, child.proc, whole);
+  return s.ok() ? 0 : -EFAULT;
+}
+
 // Pages the parent lacks (the child mapped them) are created in the parent.
 long Kernel::map_parent_holes(Space& parent, MemRange span, const std::vector<uint64_t>& pages) {
   auto gaps = m_.holes(parent.proc, span);

@@ -380,6 +380,26 @@ Result<uint64_t> PtraceMachine::protect(Proc* p, MemRange r, int prot) {
   return added;
 }
 
+Result<std::vector<uint64_t>> PtraceMachine::populated_pages(Proc* p, MemRange r) {
+  int fd = open_pagemap(p);
+  if (fd < 0) return Err{-ESRCH};
+  std::vector<MemRange> ranges;
+  std::vector<uint64_t> out;
+  if (!populated_ranges(fd, r.start, r.end(), &ranges)) {  // no PAGEMAP_SCAN: read it all
+    std::vector<uint64_t> e(std::min<uint64_t>(r.len / kPage, 8192));
+    for (uint64_t a = r.start; a < r.end(); a += e.size() * kPage) {
+      size_t n = std::min<uint64_t>(e.size(), (r.end() - a) / kPage);
+      DETUX_TRY(pagemap_entries(fd, a, n, e.data()));
+      for (size_t i = 0; i < n; ++i)
+        if (e[i] & (kPmPresent | kPmSwapped)) out.push_back(a + i * kPage);
+    }
+    return out;
+  }
+  for (const MemRange& m : ranges)
+    for (uint64_t pg = m.start; pg < m.end(); pg += kPage) out.push_back(pg);
+  return out;
+}
+
 Result<std::vector<uint64_t>> PtraceMachine::dirty_pages(Proc* p, MemRange r) {
   DETUX_ASSERT(p->ref_pid > 0);
   int fd = open_pagemap(p);

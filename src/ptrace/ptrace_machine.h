@@ -88,6 +88,7 @@ class PtraceMachine final : public Machine {
   Result<std::vector<MemRange>> holes(Proc* p, MemRange r) override;
   Result<std::vector<MemRange>> read_only(Proc* p, MemRange r) override;
   Result<std::vector<uint64_t>> dirty_pages(Proc* p, MemRange r) override;
+  Result<std::vector<uint64_t>> populated_pages(Proc* p, MemRange r) override;
   Status read_pages(Proc* p, bool snapshot, std::span<const uint64_t> pages,
                     uint8_t* out) override;
   Status write_pages(Proc* p, std::span<const uint64_t> pages,

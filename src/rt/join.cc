@@ -14,15 +14,12 @@ namespace detux::rt {
 
 namespace {
 
-struct Segment {
-  uint64_t start, len;
-};
-std::vector<Segment>* g_segments = nullptr;
+std::vector<Span>* g_segments = nullptr;
 
 // Cut [cut, cut+len) out of every segment.
-void subtract(std::vector<Segment>* segs, uint64_t cut, uint64_t len) {
-  std::vector<Segment> out;
-  for (const Segment& s : *segs) {
+void subtract(std::vector<Span>* segs, uint64_t cut, uint64_t len) {
+  std::vector<Span> out;
+  for (const Span& s : *segs) {
     uint64_t e = s.start + s.len, ce = cut + len;
     if (ce <= s.start || cut >= e) {
       out.push_back(s);
@@ -38,7 +35,7 @@ void subtract(std::vector<Segment>* segs, uint64_t cut, uint64_t len) {
 // stdout, environ ...) live in its .bss but belong to their libraries, whose
 // own data is private to each space: they are not merged either (two
 // children both initialising std::cout's fill character would conflict).
-void subtract_copy_relocs(std::vector<Segment>* segs, uint64_t bias, const ElfW(Dyn)* dyn) {
+void subtract_copy_relocs(std::vector<Span>* segs, uint64_t bias, const ElfW(Dyn)* dyn) {
   uint64_t rela = 0, relasz = 0, symtab = 0;
   for (; dyn && dyn->d_tag != DT_NULL; ++dyn) {
     if (dyn->d_tag == DT_RELA) rela = dyn->d_un.d_ptr;
@@ -60,7 +57,7 @@ void subtract_copy_relocs(std::vector<Segment>* segs, uint64_t bias, const ElfW(
 // its parent both resolving the same function would otherwise conflict),
 // and without the copy-relocated library objects.
 int find_segments(dl_phdr_info* info, size_t, void* out) {
-  auto* segs = static_cast<std::vector<Segment>*>(out);
+  auto* segs = static_cast<std::vector<Span>*>(out);
   const ElfW(Dyn)* dyn = nullptr;
   for (int i = 0; i < info->dlpi_phnum; ++i) {
     const ElfW(Phdr)& ph = info->dlpi_phdr[i];
@@ -126,7 +123,7 @@ long merge_range(det_child_t child, uint64_t start, uint64_t len) {
 
 void rt_master_init() {
   if (g_segments) return;
-  g_segments = new std::vector<Segment>;
+  g_segments = new std::vector<Span>;
   dl_iterate_phdr(find_segments, g_segments);
 }
 
@@ -173,16 +170,19 @@ long wait_child(det_child_t child, det_status* st, RtState* crt) {
   }
 }
 
+std::vector<Span> shared_spans() {
+  std::vector<Span> out;
+  Extent heap = heap_region();
+  if (heap.size()) out.push_back({heap.lo, heap.size()});
+  if (g_segments) out.insert(out.end(), g_segments->begin(), g_segments->end());
+  return out;
+}
+
 long merge_shared(det_child_t child, bool* heap_merged) {
   *heap_merged = false;
-  Extent heap = heap_region();
-  if (heap.size()) {
-    if (long r = merge_range(child, heap.lo, heap.size()); r < 0) return r;
-    *heap_merged = true;
-  }
-  for (size_t i = 0; g_segments && i < g_segments->size(); ++i) {
-    if (long r = merge_range(child, (*g_segments)[i].start, (*g_segments)[i].len); r < 0)
-      return r;
+  for (const Span& s : shared_spans()) {
+    if (long r = merge_range(child, s.start, s.len); r < 0) return r;
+    if (s.start == heap_region().lo) *heap_merged = true;
   }
   return 0;
 }

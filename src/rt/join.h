@@ -11,6 +11,8 @@
 
 #include <detux/detux.h>
 
+#include <vector>
+
 #include "rt/state.h"
 
 namespace detux::rt {
@@ -33,6 +35,13 @@ void child_killed(det_child_t child);
 // Waits until the child stops other than to ask for input (serving those
 // requests), and reads its runtime state.  -ESRCH if there is no child.
 long wait_child(det_child_t child, det_status* st, RtState* crt);
+
+// The program's shared memory, the ranges a join merges: the heap first,
+// then the main executable's writable data.
+struct Span {
+  uint64_t start, len;
+};
+std::vector<Span> shared_spans();
 
 // Merges the program's shared data from the child (heap first, then the
 // main executable's writable data).  0, -DET_ECONFLICT or another error;

@@ -1,0 +1,158 @@
+// thread.cc: threads that merge, Determinator's barrier, parallel loops.
+//
+// A thread is a dfork: a child space on a snapshot of the caller.  Joining
+// merges it (join.cc).  The barrier is Determinator's: a thread at the
+// barrier Rets with RetWhy::kBarrier; its parent, in det_group_join, waits
+// for every thread of the group in id order, merges those at the barrier in
+// that order, prints their output, and then refreshes each one's shared
+// memory to the merged state (Put/Merge: only the pages that differ) with a
+// new snapshot, and starts them again.  Nothing depends on timing: which
+// thread reaches the barrier first changes nothing, because the merges
+// happen in id order after all have arrived.
+#include <detux/detux.h>
+#include <errno.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "rt/console.h"
+#include "rt/join.h"
+#include "rt/state.h"
+
+namespace detux::rt {
+namespace {
+
+constexpr long kMaxInFlight = 64;  // chunks of a parallel loop running at once
+
+[[noreturn]] void end_thread() {
+  fflush(stdout);
+  fflush(stderr);
+  _exit(0);
+}
+
+// The child's output so far is printed; it starts again with none.
+long hand_over_output(det_child_t child, const RtState& crt) {
+  long r = console_collect(child, crt);
+  uint64_t zero = 0;
+  long w = dput(child, DET_COPY, &zero, sizeof zero, &rt_state().out.len);
+  return r < 0 ? r : w;
+}
+
+// Brings a thread at the barrier up to date with the caller and restarts it.
+long refresh_and_start(det_child_t child) {
+  for (const Span& s : shared_spans()) {
+    void* a = reinterpret_cast<void*>(s.start);
+    if (long r = dput(child, DET_MERGE, a, s.len, a); r < 0) return r;
+  }
+  return dput(child, DET_SNAP | DET_START, nullptr, 0, nullptr);
+}
+
+struct Group {
+  std::vector<det_child_t> live;
+  long err = 0;
+  det_child_t failed = 0;
+  det_status st{};
+
+  void fail(det_child_t c, long r, const det_status& s) {
+    if (err) return;
+    err = r;
+    failed = c;
+    st = s;
+  }
+};
+
+// One round: every live thread either ends (joined) or waits at the
+// barrier (merged).  Returns the threads at the barrier, in id order.
+std::vector<det_child_t> round(Group& g) {
+  std::vector<det_child_t> waiting, still;
+  for (det_child_t c : g.live) {
+    det_status st{};
+    RtState crt;
+    long r = wait_child(c, &st, &crt);
+    if (r == 0 && st.state == DET_S_STOPPED && crt.why == RetWhy::kBarrier && !g.err) {
+      bool heap;
+      r = merge_shared(c, &heap);
+      if (r == -DET_ECONFLICT) dget(c, DET_STATUS, &st, sizeof st, nullptr);
+      long o = hand_over_output(c, crt);
+      if (r == 0) r = o;
+      if (r < 0) g.fail(c, r, st);
+      waiting.push_back(c);
+      still.push_back(c);
+      continue;
+    }
+    r = join_child(c, !g.err, &st);
+    if (r < 0) g.fail(c, r, st);
+  }
+  g.live = std::move(still);
+  return waiting;
+}
+
+}  // namespace
+}  // namespace detux::rt
+
+using namespace detux::rt;
+
+extern "C" {
+
+int det_thread_start(det_child_t child, det_thread_fn fn, void* arg) {
+  int r = dfork(child);
+  if (r < 0) return r;
+  if (r == 0) {
+    fn(arg);
+    end_thread();
+  }
+  return 0;
+}
+
+void det_barrier(void) {
+  fflush(stdout);
+  fflush(stderr);
+  rt_state().why = RetWhy::kBarrier;
+  dret();
+  rt_state().why = RetWhy::kNone;
+}
+
+int det_group_join(det_child_t first, det_child_t count, det_child_t* failed,
+                   det_status* status) {
+  Group g;
+  for (det_child_t c = first; c < first + count; ++c) g.live.push_back(c);
+  for (;;) {
+    std::vector<det_child_t> waiting = round(g);
+    if (waiting.empty()) break;
+    for (det_child_t c : waiting) {
+      long r = g.err ? -ECANCELED : refresh_and_start(c);
+      if (r < 0 && !g.err) g.fail(c, r, det_status{});
+    }
+    if (g.err) {  // the others are stopped: end them without merging
+      for (det_child_t c : g.live) join_child(c, false, nullptr);
+      break;
+    }
+  }
+  if (g.err && failed) *failed = g.failed;
+  if (g.err && status) *status = g.st;
+  return static_cast<int>(g.err);
+}
+
+int det_parallel_for(long begin, long end, long grain, void (*fn)(long, void*), void* arg) {
+  if (grain <= 0 || end < begin) return -EINVAL;
+  for (long wave = begin; wave < end; wave += grain * kMaxInFlight) {
+    long n = 0;
+    for (long lo = wave; lo < end && n < kMaxInFlight; lo += grain, ++n) {
+      int r = dfork(static_cast<det_child_t>(n));
+      if (r == 0) {
+        for (long i = lo; i < std::min(end, lo + grain); ++i) fn(i, arg);
+        end_thread();
+      }
+      if (r < 0) {
+        if (n) det_group_join(0, static_cast<det_child_t>(n), nullptr, nullptr);
+        return r;
+      }
+    }
+    if (int r = det_group_join(0, static_cast<det_child_t>(n), nullptr, nullptr); r < 0) return r;
+  }
+  return 0;
+}
+
+}  // extern "C"
