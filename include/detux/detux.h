@@ -222,6 +222,12 @@ int det_group_join(det_child_t first, det_child_t count, det_child_t *failed,
 int det_parallel_for(long begin, long end, long grain, void (*fn)(long i, void *arg),
                      void *arg);
 
+/* Names an address of this process for a message: the variable it belongs
+ * to, with its index and member path where debug information exists
+ * ("actor[3].x"), else the nearest symbol plus offset, else the mapping.
+ * Writes a NUL-terminated string into buf and returns buf. */
+const char *det_describe_address(uint64_t addr, char *buf, size_t len);
+
 /* ---- Master only -------------------------------------------------------- */
 /* Become master explicitly (the first detux call does it implicitly).
  * Returns 0, or -DET_ENOTSPACE in a space. */

@@ -10,7 +10,9 @@
 #include <setjmp.h>
 #include <string.h>
 
+#include <cstdio>
 #include <cstdlib>
+#include <string>
 
 #include "abi.h"
 #include "kernel/kernel.h"
@@ -39,6 +41,7 @@ long ensure_master() {
   if (detux::g_in_space) return -DET_ENOTSPACE;
   if (g_master) return 0;
   detux::rt::rt_master_init();
+  detux::rt::SystemHeap system;
   g_master = new Master;
   detux::set_child_entry(child_entry);
   detux::set_sigsys_handler(detux::rt::on_sigsys);
@@ -50,6 +53,7 @@ long ensure_master() {
 long master_call(long op, det_child_t child, unsigned long flags, void* addr, size_t size,
                  void* child_addr) {
   if (long r = ensure_master(); r < 0) return r;
+  detux::rt::SystemHeap system;  // the kernel's allocations are never merged
   sigjmp_buf here;
   if (sigsetjmp(here, 0) != 0) return DET_CHILD;  // a new space, born in this call
   sigjmp_buf* outer = g_entry;
@@ -107,6 +111,13 @@ int djoin_status(det_child_t child, struct det_status* out) {
 }
 
 int djoin(det_child_t child) { return djoin_status(child, nullptr); }
+
+const char* det_describe_address(uint64_t addr, char* buf, size_t len) {
+  if (!buf || len == 0) return buf;
+  std::string s = detux::rt::describe(addr);
+  snprintf(buf, len, "%s", s.c_str());
+  return buf;
+}
 
 int det_become_master(void) { return static_cast<int>(ensure_master()); }
 

@@ -18,21 +18,26 @@ namespace {
 RtState g_rt;
 constexpr uint64_t kInputChunk = 64 << 10;
 
-// Room for `need` bytes in a growable buffer of this space's heap.
-bool ensure(uint64_t* buf, uint64_t* cap, uint64_t need) {
-  if (need <= *cap) return true;
+// Room for `need` bytes in a growable buffer of this space's heap.  A
+// buffer inherited from the parent (not `owned`) is copied, never freed:
+// the parent still uses it.
+bool ensure(uint64_t* buf, uint64_t* cap, uint64_t need, bool* owned, uint64_t used) {
+  if (need <= *cap && *owned) return true;
   uint64_t n = std::max({need, *cap * 2, uint64_t{4096}});
-  void* p = heap_realloc(reinterpret_cast<void*>(*buf), n);
+  void* p = heap_alloc(n);
   if (!p) return false;
+  if (*buf) memcpy(p, reinterpret_cast<void*>(*buf), used);
+  if (*owned) heap_free(reinterpret_cast<void*>(*buf));
   *buf = reinterpret_cast<uint64_t>(p);
   *cap = n;
+  *owned = true;
   return true;
 }
 
 // A space asks its parent for the next bytes of the input stream.
 void request_input() {
   ConsoleIn& in = g_rt.in;
-  if (!ensure(&in.buf, &in.cap, in.len + kInputChunk)) {
+  if (!ensure(&in.buf, &in.cap, in.len + kInputChunk, &in.owned, in.len)) {
     in.eof = true;  // no memory to receive into: the stream ends here
     return;
   }
@@ -48,7 +53,7 @@ void request_input() {
 // The master reads its real standard input.
 void read_real_input() {
   ConsoleIn& in = g_rt.in;
-  if (!ensure(&in.buf, &in.cap, in.len + kInputChunk)) {
+  if (!ensure(&in.buf, &in.cap, in.len + kInputChunk, &in.owned, in.len)) {
     in.eof = true;
     return;
   }
@@ -73,7 +78,7 @@ RtState& rt_state() { return g_rt; }
 long console_write(int fd, const void* buf, size_t len) {
   ConsoleOut& o = g_rt.out;
   len = std::min<size_t>(len, 1U << 30);
-  if (!ensure(&o.buf, &o.cap, o.len + 5 + len)) return -ENOSPC;
+  if (!ensure(&o.buf, &o.cap, o.len + 5 + len, &o.owned, o.len)) return -ENOSPC;
   auto* p = reinterpret_cast<uint8_t*>(o.buf) + o.len;
   p[0] = static_cast<uint8_t>(fd);
   uint32_t n = static_cast<uint32_t>(len);
@@ -151,6 +156,7 @@ void forget_buffer(FILE* f, bool input_from_stream) {
 
 void console_child_start(bool parent_in_space) {
   g_rt.out = ConsoleOut{};
+  g_rt.in.owned = false;
   forget_buffer(stdout, false);
   forget_buffer(stderr, false);
   forget_buffer(stdin, parent_in_space);

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <bit>
 #include <cstdio>
@@ -25,16 +26,29 @@ namespace detux::rt {
 
 namespace {
 
-HeapState g;
+HeapState g_prog;           // the program's heap: merged at joins
+HeapState g_sys;            // the supervisor's: never merged
+HeapState* gp = &g_prog;    // the one the current operation works on
+thread_local int t_sys = 0;  // >0 while the supervisor runs (SystemHeap)
 std::atomic<bool> g_busy{false};
 
 // Spaces are single-threaded, so the lock only ever waits in the master.
+// Taking it also chooses the heap the operation works on.
 struct Lock {
-  Lock() {
+  explicit Lock(HeapState& h) {
     while (g_busy.exchange(true, std::memory_order_acquire)) sched_yield();
+    gp = &h;
   }
   ~Lock() { g_busy.store(false, std::memory_order_release); }
 };
+
+constexpr uint64_t kSysBase = kHeapBase + kHeapMaxSize, kSysMaxSize = 1ULL << 40;
+
+HeapState& for_alloc() { return t_sys ? g_sys : g_prog; }
+HeapState& for_block(const void* p) {
+  uint64_t a = reinterpret_cast<uint64_t>(p);
+  return a >= kSysBase && a < kSysBase + kSysMaxSize ? g_sys : g_prog;
+}
 
 constexpr uint64_t kPage = 4096, kHdr = 16;
 constexpr uint64_t kMinChild = 64ULL << 20;
@@ -63,15 +77,17 @@ int class_of(uint64_t total) {
 }
 
 void reserve() {
-  if (g.ready) return;
-  for (uint64_t size = kHeapMaxSize; size >= (1ULL << 30); size >>= 1) {
-    void* p = mmap(reinterpret_cast<void*>(kHeapBase), size, PROT_READ | PROT_WRITE,
+  if (gp->ready) return;
+  bool sys = gp == &g_sys;
+  uint64_t base = sys ? kSysBase : kHeapBase;
+  for (uint64_t size = sys ? kSysMaxSize : kHeapMaxSize; size >= (1ULL << 30); size >>= 1) {
+    void* p = mmap(reinterpret_cast<void*>(base), size, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
     if (p == MAP_FAILED) continue;
-    g.region = g.own = Extent{kHeapBase, kHeapBase + size};
-    g.free[0] = g.own;
-    g.nfree = 1;
-    g.ready = true;
+    gp->region = gp->own = Extent{base, base + size};
+    gp->free[0] = gp->own;
+    gp->nfree = 1;
+    gp->ready = true;
     return;
   }
   std::fprintf(stderr, "detux: cannot reserve the heap region\n");
@@ -81,19 +97,19 @@ void reserve() {
 // ---- free intervals -------------------------------------------------------
 
 void erase_interval(int i) {
-  memmove(&g.free[i], &g.free[i + 1], (g.nfree - i - 1) * sizeof(Extent));
-  --g.nfree;
+  memmove(&gp->free[i], &gp->free[i + 1], (gp->nfree - i - 1) * sizeof(Extent));
+  --gp->nfree;
 }
 
 // Lowest-address first fit.  0 if nothing fits or the limit is reached.
 uint64_t carve(uint64_t n) {
-  if (g.limited && g.committed + n > g.limit) return 0;
-  for (int i = 0; i < g.nfree; ++i) {
-    if (g.free[i].size() < n) continue;
-    uint64_t at = g.free[i].lo;
-    g.free[i].lo += n;
-    if (g.free[i].size() == 0) erase_interval(i);
-    g.committed += n;
+  if (gp->limited && gp->committed + n > gp->limit) return 0;
+  for (int i = 0; i < gp->nfree; ++i) {
+    if (gp->free[i].size() < n) continue;
+    uint64_t at = gp->free[i].lo;
+    gp->free[i].lo += n;
+    if (gp->free[i].size() == 0) erase_interval(i);
+    gp->committed += n;
     return at;
   }
   return 0;
@@ -103,22 +119,22 @@ uint64_t carve(uint64_t n) {
 // the range is dropped (its address space is not reused; nothing breaks).
 void give_back(uint64_t lo, uint64_t hi, bool uncommit) {
   if (lo >= hi) return;
-  if (uncommit) g.committed -= hi - lo;
+  if (uncommit) gp->committed -= hi - lo;
   int i = 0;
-  while (i < g.nfree && g.free[i].lo < lo) ++i;
-  bool join_prev = i > 0 && g.free[i - 1].hi == lo;
-  bool join_next = i < g.nfree && g.free[i].lo == hi;
+  while (i < gp->nfree && gp->free[i].lo < lo) ++i;
+  bool join_prev = i > 0 && gp->free[i - 1].hi == lo;
+  bool join_next = i < gp->nfree && gp->free[i].lo == hi;
   if (join_prev && join_next) {
-    g.free[i - 1].hi = g.free[i].hi;
+    gp->free[i - 1].hi = gp->free[i].hi;
     erase_interval(i);
   } else if (join_prev) {
-    g.free[i - 1].hi = hi;
+    gp->free[i - 1].hi = hi;
   } else if (join_next) {
-    g.free[i].lo = lo;
-  } else if (g.nfree < kMaxIntervals) {
-    memmove(&g.free[i + 1], &g.free[i], (g.nfree - i) * sizeof(Extent));
-    g.free[i] = Extent{lo, hi};
-    ++g.nfree;
+    gp->free[i].lo = lo;
+  } else if (gp->nfree < kMaxIntervals) {
+    memmove(&gp->free[i + 1], &gp->free[i], (gp->nfree - i) * sizeof(Extent));
+    gp->free[i] = Extent{lo, hi};
+    ++gp->nfree;
   }
 }
 
@@ -130,7 +146,7 @@ uint64_t stamp(uint64_t block, uint64_t size) {
 }
 
 uint64_t alloc_small(int c) {
-  FreeList& f = g.cls[c];
+  FreeList& f = gp->cls[c];
   uint64_t bs = class_size(c);
   if (f.head) {
     uint64_t b = f.head;
@@ -156,7 +172,7 @@ uint64_t alloc_small(int c) {
 
 void* alloc_locked(size_t n) {
   reserve();
-  if (n > g.region.size()) return nullptr;
+  if (n > gp->region.size()) return nullptr;
   uint64_t total = n + kHdr;
   uint64_t user = 0;
   if (total <= max_small()) {
@@ -169,85 +185,95 @@ void* alloc_locked(size_t n) {
   return reinterpret_cast<void*>(user);
 }
 
-// The block behind a user pointer; faults the caller on a pointer the heap
-// never gave out.
+// The block behind a user pointer, or 0 for a pointer the heap never gave
+// out (or gave out and took back).
 uint64_t block_of(const void* p, uint64_t* alias_off) {
   uint64_t u = reinterpret_cast<uint64_t>(p);
   *alias_off = 0;
-  if (u < g.region.lo + kHdr || u >= g.region.hi || (u & 15)) bad_pointer("free/realloc", p);
+  if (u < gp->region.lo + kHdr || u >= gp->region.hi || (u & 15)) return 0;
   const Header* h = header_at(u - kHdr);
   if (h->check == check_of(kAliasTag, u - kHdr, h->size)) {
     *alias_off = h->size;
     u -= h->size;
     h = header_at(u - kHdr);
   }
-  if (h->check != check_of(kBlockTag, u - kHdr, h->size)) bad_pointer("free/realloc", p);
+  if (h->check != check_of(kBlockTag, u - kHdr, h->size)) return 0;
   return u - kHdr;
 }
 
-void free_locked(void* p);
+bool free_locked(void* p);
 
 void defer(uint64_t user) {
-  if (g.ndeferred == g.deferred_cap) {
-    uint64_t cap = g.deferred_cap ? g.deferred_cap * 2 : 64;
+  if (gp->ndeferred == gp->deferred_cap) {
+    uint64_t cap = gp->deferred_cap ? gp->deferred_cap * 2 : 64;
     auto* grown = static_cast<uint64_t*>(alloc_locked(cap * sizeof(uint64_t)));
     if (!grown) return;  // out of memory: the foreign block is simply not freed
-    if (g.deferred) memcpy(grown, reinterpret_cast<void*>(g.deferred), g.ndeferred * 8);
-    uint64_t old = g.deferred;
-    g.deferred = reinterpret_cast<uint64_t>(grown);
-    g.deferred_cap = cap;
+    if (gp->deferred) memcpy(grown, reinterpret_cast<void*>(gp->deferred), gp->ndeferred * 8);
+    uint64_t old = gp->deferred;
+    gp->deferred = reinterpret_cast<uint64_t>(grown);
+    gp->deferred_cap = cap;
     free_locked(reinterpret_cast<void*>(old));  // ours: never deferred again
   }
-  reinterpret_cast<uint64_t*>(g.deferred)[g.ndeferred++] = user;
+  reinterpret_cast<uint64_t*>(gp->deferred)[gp->ndeferred++] = user;
 }
 
-void free_locked(void* p) {
-  if (!p) return;
+// False for a bad pointer; the caller reports it once the lock is free.
+bool free_locked(void* p) {
+  if (!p) return true;
   uint64_t off;
   uint64_t b = block_of(p, &off);
-  if (b < g.own.lo || b >= g.own.hi) {
+  if (!b) return false;
+  if (b < gp->own.lo || b >= gp->own.hi) {
     defer(b + kHdr);
-    return;
+    return true;
   }
   uint64_t bs = header_at(b)->size;
   header_at(b)->check = 0;  // a second free of this pointer is caught
   if (bs > max_small()) {
     give_back(b, b + bs, true);
-    return;
+    return true;
   }
-  FreeList& f = g.cls[class_of(bs)];
+  FreeList& f = gp->cls[class_of(bs)];
   link_of(b) = f.head;
   f.head = b;
   if (!f.tail) f.tail = b;
+  return true;
 }
 
 }  // namespace
 
-HeapState& heap_state() { return g; }
-Extent heap_region() { return g.region; }
+HeapState& heap_state() { return g_prog; }
+Extent heap_region() { return g_prog.region; }
 
 void* heap_alloc(size_t n) {
-  Lock l;
+  Lock l(for_alloc());
   return alloc_locked(n);
 }
 
 void heap_free(void* p) {
-  Lock l;
-  free_locked(p);
+  bool ok;
+  {
+    Lock l(for_block(p));
+    ok = free_locked(p);
+  }
+  if (!ok) bad_pointer("free", p);
 }
 
 size_t heap_usable(const void* p) {
   if (!p) return 0;
-  Lock l;
-  uint64_t off;
-  uint64_t b = block_of(p, &off);
+  uint64_t off, b;
+  {
+    Lock l(for_block(p));
+    b = block_of(p, &off);
+  }
+  if (!b) bad_pointer("realloc/malloc_usable_size", p);
   return header_at(b)->size - kHdr - off;
 }
 
 void* heap_alloc_aligned(size_t align, size_t n) {
   if (align <= kHdr) return heap_alloc(n);
-  Lock l;
-  if (n > g.region.size() || align > g.region.size()) {
+  Lock l(for_alloc());
+  if (n > gp->region.size() || align > gp->region.size()) {
     errno = ENOMEM;
     return nullptr;
   }
@@ -272,12 +298,12 @@ void* heap_realloc(void* p, size_t n) {
 }
 
 Extent heap_carve_child() {
-  Lock l;
-  if (!g.ready || g.nfree == 0) return {};
+  Lock l(g_prog);
+  if (!gp->ready || gp->nfree == 0) return {};
   int big = 0;
-  for (int i = 1; i < g.nfree; ++i)
-    if (g.free[i].size() > g.free[big].size()) big = i;
-  Extent& e = g.free[big];
+  for (int i = 1; i < gp->nfree; ++i)
+    if (gp->free[i].size() > gp->free[big].size()) big = i;
+  Extent& e = gp->free[big];
   uint64_t share = (e.size() / 32) & ~((2ULL << 20) - 1);
   if (share < kMinChild) share = e.size() < kMinChild ? e.size() : kMinChild;
   Extent child{e.hi - share, e.hi};
@@ -287,51 +313,64 @@ Extent heap_carve_child() {
 }
 
 void heap_child_start(Extent e) {
-  Lock l;
-  uint64_t limit = g.limit;
-  Extent region = g.region;
-  bool ready = g.ready;
-  g = HeapState{};
-  g.ready = ready;
-  g.region = region;
-  g.limit = limit;
-  g.limited = true;
-  g.own = e;
+  t_sys = 0;  // a space never runs the supervisor
+  Lock l(g_prog);
+  uint64_t limit = gp->limit;
+  Extent region = gp->region;
+  bool ready = gp->ready;
+  *gp = HeapState{};
+  gp->ready = ready;
+  gp->region = region;
+  gp->limit = limit;
+  gp->limited = true;
+  gp->own = e;
   if (e.size()) {
-    g.free[0] = e;
-    g.nfree = 1;
+    gp->free[0] = e;
+    gp->nfree = 1;
   }
 }
 
+// What the child reports is checked before it is believed: every range and
+// block must lie in the extent it was given, so a child that scribbled over
+// its own heap state cannot make the parent free or reuse anything else.
+// What fails the check is dropped (its address space is not reused).
 void heap_join(const HeapState& child, Extent e, bool merged) {
-  uint64_t deferred = 0, n = 0;
-  {
-    Lock l;
-    if (!merged) {
-      give_back(e.lo, e.hi, false);
-      return;
-    }
-    for (int i = 0; i < child.nfree; ++i) give_back(child.free[i].lo, child.free[i].hi, false);
-    g.committed += child.committed;
-    for (int c = 0; c < kClasses; ++c) {
-      const FreeList& f = child.cls[c];
-      give_back(f.run_next, f.run_end, true);
-      if (!f.head) continue;
-      link_of(f.tail) = g.cls[c].head;
-      if (!g.cls[c].tail) g.cls[c].tail = f.tail;
-      g.cls[c].head = f.head;
-    }
-    deferred = child.deferred;
-    n = child.ndeferred;
+  Lock l(g_prog);
+  if (!merged) {
+    give_back(e.lo, e.hi, false);
+    return;
   }
-  auto* list = reinterpret_cast<uint64_t*>(deferred);
-  for (uint64_t i = 0; i < n; ++i) heap_free(reinterpret_cast<void*>(list[i]));
-  if (deferred) heap_free(list);
+  auto inside = [&](uint64_t lo, uint64_t hi) { return lo >= e.lo && hi <= e.hi && lo <= hi; };
+  for (int i = 0; i < child.nfree && i < kMaxIntervals; ++i)
+    if (inside(child.free[i].lo, child.free[i].hi)) give_back(child.free[i].lo, child.free[i].hi, false);
+  gp->committed += child.committed;
+  for (int c = 0; c < kClasses; ++c) {
+    const FreeList& f = child.cls[c];
+    if (inside(f.run_next, f.run_end)) give_back(f.run_next, f.run_end, true);
+    if (!f.head || !inside(f.head, f.head + kHdr + 8) || !inside(f.tail, f.tail + kHdr + 8)) continue;
+    link_of(f.tail) = gp->cls[c].head;
+    if (!gp->cls[c].tail) gp->cls[c].tail = f.tail;
+    gp->cls[c].head = f.head;
+  }
+  uint64_t off, arr = block_of(reinterpret_cast<void*>(child.deferred), &off);
+  if (!arr || !inside(arr, arr + header_at(arr)->size)) return;
+  uint64_t n = std::min(child.ndeferred, (header_at(arr)->size - kHdr) / 8);
+  auto* list = reinterpret_cast<uint64_t*>(child.deferred);
+  for (uint64_t i = 0; i < n; ++i) free_locked(reinterpret_cast<void*>(list[i]));
+  free_locked(list);
+}
+
+void heap_reserve() {
+  Lock l(g_prog);
+  reserve();
 }
 
 void heap_set_limit(uint64_t bytes) {
-  Lock l;
-  g.limit = bytes;
+  Lock l(g_prog);
+  gp->limit = bytes;
 }
+
+SystemHeap::SystemHeap() { ++t_sys; }
+SystemHeap::~SystemHeap() { --t_sys; }
 
 }  // namespace detux::rt

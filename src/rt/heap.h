@@ -64,6 +64,18 @@ struct HeapState {
   bool limited = false;            // the master is not limited
 };
 
+// The supervisor's own allocations (the kernel's tree, the machine's
+// buffers) must not live in memory that joins merge: a child could write
+// over them.  While a SystemHeap is alive on a thread, that thread's
+// allocations come from a second region that is never merged; free() finds
+// the right heap by address.
+struct SystemHeap {
+  SystemHeap();
+  ~SystemHeap();
+  SystemHeap(const SystemHeap&) = delete;
+  SystemHeap& operator=(const SystemHeap&) = delete;
+};
+
 HeapState& heap_state();
 Extent heap_region();
 
@@ -81,5 +93,7 @@ void heap_child_start(Extent e);           // child: start a fresh heap in e
 // merged into the parent; `child` is the child's HeapState as it ended.
 void heap_join(const HeapState& child, Extent e, bool merged);
 void heap_set_limit(uint64_t bytes);
+// Reserve the program heap now (the master does, before any space exists).
+void heap_reserve();
 
 }  // namespace detux::rt

@@ -2,7 +2,9 @@
 #include "rt/join.h"
 
 #include <errno.h>
+#include <dlfcn.h>
 #include <link.h>
+#include <stdio.h>
 
 #include <vector>
 
@@ -121,8 +123,21 @@ long merge_range(det_child_t child, uint64_t start, uint64_t len) {
 
 }  // namespace
 
+// Until DWARF symbolisation is in: the nearest dynamic symbol, or the hex.
+std::string describe(uint64_t addr) {
+  char hex[32];
+  snprintf(hex, sizeof hex, "%#lx", static_cast<unsigned long>(addr));
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(addr), &info) && info.dli_sname) {
+    uint64_t off = addr - reinterpret_cast<uint64_t>(info.dli_saddr);
+    return std::string(info.dli_sname) + "+" + std::to_string(off) + " (" + hex + ")";
+  }
+  return hex;
+}
+
 void rt_master_init() {
   if (g_segments) return;
+  heap_reserve();
   g_segments = new std::vector<Span>;
   dl_iterate_phdr(find_segments, g_segments);
 }

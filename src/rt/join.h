@@ -11,6 +11,7 @@
 
 #include <detux/detux.h>
 
+#include <string>
 #include <vector>
 
 #include "rt/state.h"
@@ -52,6 +53,9 @@ long merge_shared(det_child_t child, bool* heap_merged);
 // print its output, take back its heap, kill it.  Returns 0, -DET_ECONFLICT,
 // -DET_EFAULTED, -DET_EEXITED or another error; *out gets the final status.
 int join_child(det_child_t child, bool merge_memory, det_status* out);
+
+// A name for an address of this process (det_describe_address).
+std::string describe(uint64_t addr);
 
 // Called once when the process becomes master.
 void rt_master_init();

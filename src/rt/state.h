@@ -20,6 +20,7 @@ namespace detux::rt {
 // [fd: 1 byte][length: 4 bytes][bytes], in the order they were written.
 struct ConsoleOut {
   uint64_t buf = 0, len = 0, cap = 0;
+  bool owned = false;  // buf is this space's block (else inherited or none)
 };
 
 // Standard input as a stream: every space holds the prefix of the master's
@@ -28,6 +29,7 @@ struct ConsoleIn {
   uint64_t buf = 0, len = 0, cap = 0;  // the stream so far
   uint64_t pos = 0;                    // this space's read position (fd 0)
   bool eof = false;
+  bool owned = false;
 };
 
 // Why a space called Ret, for its parent's runtime.

@@ -1,0 +1,136 @@
+// detux.hpp: the C++ face of detux's runtime.
+//
+// The same model as <detux/detux.h>, with RAII and lambdas: a detux::thread
+// is a child space running a callable on a snapshot of its creator, joined
+// (merged) explicitly or when it goes out of scope; a failed join throws
+// detux::error, which carries the child, its status, and for a conflict the
+// address and, where debug information exists, the variable it belongs to
+// ("actor[3].x").  parallel_for and parallel_reduce cut the range into
+// chunks fixed by the caller, so their results are bit-identical on 1 or N
+// CPUs.
+#pragma once
+
+#include <detux/detux.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace detux {
+
+// A failed join, group join or parallel loop.
+class error : public std::runtime_error {
+ public:
+  error(int code, det_child_t child, const det_status& st)
+      : std::runtime_error(message(code, child, st)), code_(code), child_(child), st_(st) {}
+  int code() const { return code_; }
+  det_child_t child() const { return child_; }
+  const det_status& status() const { return st_; }
+  bool conflict() const { return code_ == -DET_ECONFLICT; }
+  uint64_t conflict_addr() const { return st_.conflict_addr; }
+
+ private:
+  static std::string message(int code, det_child_t child, const det_status& st) {
+    std::string m = "detux: child " + std::to_string(child) + ": " + det_strerror(code);
+    if (code == -DET_ECONFLICT) {
+      char where[256];
+      det_describe_address(st.conflict_addr, where, sizeof where);
+      m += " at " + std::string(where);
+    }
+    return m;
+  }
+  int code_;
+  det_child_t child_;
+  det_status st_;
+};
+
+namespace detail {
+template <typename F>
+void call(void* f) {
+  (*static_cast<F*>(f))();
+}
+template <typename F>
+void call_index(long i, void* f) {
+  (*static_cast<F*>(f))(i);
+}
+inline void check(int r, det_child_t child = 0, const det_status& st = det_status{}) {
+  if (r < 0) throw error(r, child, st);
+}
+}  // namespace detail
+
+// A thread that merges: runs f() in child `id` on a snapshot of the caller.
+// The callable is copied into the child with the rest of the memory.
+class thread {
+ public:
+  template <typename F>
+  thread(det_child_t id, F f) : id_(id) {
+    detail::check(det_thread_start(id, &detail::call<F>, &f), id);
+    joinable_ = true;
+  }
+  thread(thread&& o) noexcept : id_(o.id_), joinable_(std::exchange(o.joinable_, false)) {}
+  thread(const thread&) = delete;
+  thread& operator=(const thread&) = delete;
+  ~thread() {
+    if (joinable_) djoin(id_);  // never throws; join() explicitly to see errors
+  }
+
+  // Merge the thread's writes into the caller; throws detux::error.
+  void join() {
+    joinable_ = false;
+    det_status st{};
+    int r = djoin_status(id_, &st);
+    detail::check(r, id_, st);
+  }
+  det_child_t id() const { return id_; }
+  bool joinable() const { return joinable_; }
+
+ private:
+  det_child_t id_;
+  bool joinable_ = false;
+};
+
+// In a thread of a group: Determinator's barrier.
+inline void barrier() { det_barrier(); }
+
+// Threads [first, first+count) started with `start`, joined together with
+// barriers (det_group_join).
+template <typename F>
+void run_group(det_child_t first, det_child_t count, F body) {
+  for (det_child_t c = first; c < first + count; ++c) {
+    auto one = [&body, c] { body(c); };
+    detail::check(det_thread_start(c, &detail::call<decltype(one)>, &one), c);
+  }
+  det_child_t failed = 0;
+  det_status st{};
+  int r = det_group_join(first, count, &failed, &st);
+  detail::check(r, failed, st);
+}
+
+template <typename F>
+void parallel_for(long begin, long end, long grain, F f) {
+  detail::check(det_parallel_for(begin, end, grain, &detail::call_index<F>, &f));
+}
+
+// Folds map(i) over [begin, end) with reduce, chunk by chunk: each chunk of
+// `grain` iterations starts from `identity` (which must be reduce's
+// identity) in its own child, and the partial results are combined in chunk
+// order in the caller.  The grouping depends only on grain.
+template <typename T, typename Map, typename Reduce>
+T parallel_reduce(long begin, long end, long grain, T identity, Map map, Reduce reduce) {
+  if (end <= begin) return identity;
+  long chunks = (end - begin + grain - 1) / grain;
+  std::vector<T> part(static_cast<size_t>(chunks), identity);
+  parallel_for(0, chunks, 1, [&](long k) {
+    T acc = identity;
+    for (long i = begin + k * grain; i < end && i < begin + (k + 1) * grain; ++i)
+      acc = reduce(acc, map(i));
+    part[static_cast<size_t>(k)] = acc;
+  });
+  T acc = identity;
+  for (const T& p : part) acc = reduce(acc, p);
+  return acc;
+}
+
+}  // namespace detux

@@ -1,0 +1,456 @@
+// runtime_test.cc: the runtime library in real spaces -- the deterministic
+// heap, console I/O, threads, barriers, parallel loops, fork/wait, and the
+// C++ face.  Every scenario runs twice and must report the same bytes.
+//
+// The sanitizer build cannot run these: AddressSanitizer's allocator owns
+// malloc there and asks Linux for memory, which a space may not do.
+#include <detux/detux.hpp>
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstring>
+#include <iostream>
+
+#include "harness.h"
+
+using namespace detux::test;
+
+namespace {
+
+#ifdef DETUX_SANITIZED
+#define NEEDS_DETUX_MALLOC() GTEST_SKIP() << "the sanitizer's malloc cannot run in spaces"
+#else
+#define NEEDS_DETUX_MALLOC() (void)0
+#endif
+
+// Runs fn with fd 1 and 2 going to one memory file; returns what was written.
+template <typename F>
+std::string captured(F fn) {
+  fflush(nullptr);
+  int mem = memfd_create("out", 0);
+  int o = dup(1), e = dup(2);
+  dup2(mem, 1);
+  dup2(mem, 2);
+  fn();
+  fflush(nullptr);
+  dup2(o, 1);
+  dup2(e, 2);
+  close(o);
+  close(e);
+  std::string s;
+  char buf[4096];
+  ssize_t n;
+  lseek(mem, 0, SEEK_SET);
+  while ((n = read(mem, buf, sizeof buf)) > 0) s.append(buf, n);
+  close(mem);
+  return s;
+}
+
+std::string hex(const void* p) {
+  char b[32];
+  snprintf(b, sizeof b, "%p", p);
+  return b;
+}
+
+int* g_blocks[8];
+long g_values[8];
+int g_same;
+
+}  // namespace
+
+// ---- Heap -------------------------------------------------------------------
+
+TEST(Heap, ChildAllocationsAreUsableAndFreeableByTheParentAfterJoin) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    for (int c = 0; c < 4; ++c) {
+      if (dfork(c) == 0) {
+        g_blocks[c] = static_cast<int*>(malloc(1000 * sizeof(int)));
+        for (int i = 0; i < 1000; ++i) g_blocks[c][i] = c * 1000 + i;
+        ret_forever();
+      }
+    }
+    for (int c = 0; c < 4; ++c) CHECK_EQ(djoin(c), 0);
+    for (int c = 0; c < 4; ++c) {
+      CHECK(g_blocks[c] != nullptr);
+      CHECK_EQ(g_blocks[c][999], c * 1000 + 999);
+      out += hex(g_blocks[c]) + " ";
+      free(g_blocks[c]);
+    }
+    void* again = malloc(1000 * sizeof(int));  // the parent's own allocator still works
+    CHECK(again != nullptr);
+    free(again);
+  });
+  EXPECT_FALSE(out.empty());
+}
+
+TEST(Heap, ChildrenAllocatingAtOnceNeverOverlapAndGetTheSameAddressesOnEveryRun) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    for (int c = 0; c < 8; ++c) {
+      if (dfork(c) == 0) {
+        std::vector<std::string> v;  // many allocations of many sizes
+        for (int i = 0; i < 200; ++i) v.push_back(std::string(i * 7 + c, 'a' + c));
+        g_blocks[c] = static_cast<int*>(malloc(64 << 10));
+        g_blocks[c][0] = static_cast<int>(v[199].size());
+        ret_forever();
+      }
+    }
+    for (int c = 0; c < 8; ++c) CHECK_EQ(djoin(c), 0);
+    std::vector<uintptr_t> starts;
+    for (int c = 0; c < 8; ++c) {
+      CHECK_EQ(g_blocks[c][0], 199 * 7 + c);
+      starts.push_back(reinterpret_cast<uintptr_t>(g_blocks[c]));
+      out += hex(g_blocks[c]) + " ";
+    }
+    std::sort(starts.begin(), starts.end());
+    for (size_t i = 1; i < starts.size(); ++i) CHECK(starts[i] - starts[i - 1] >= (64 << 10));
+  });
+  EXPECT_FALSE(out.empty());
+}
+
+TEST(Heap, ABlockTheChildFreesIsFreedByTheParentAtJoin) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    int* mine = static_cast<int*>(malloc(4096));
+    g_blocks[0] = mine;
+    if (dfork(0) == 0) {
+      free(g_blocks[0]);  // the parent's block: deferred to the parent
+      g_blocks[0] = nullptr;
+      ret_forever();
+    }
+    CHECK_EQ(djoin(0), 0);
+    CHECK(g_blocks[0] == nullptr);
+    int* next = static_cast<int*>(malloc(4096));  // the freed block is reused
+    out += mine == next ? "reused" : "not reused";
+    free(next);
+  });
+  EXPECT_EQ(out, "reused");
+}
+
+TEST(Heap, RunningOutOfMemoryIsReportedAtTheSameAllocationOnEveryRun) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    det_limits l{};
+    l.max_space_bytes = 64L << 20;
+    CHECK_EQ(det_set_limits(&l), 0);
+    if (dfork(0) == 0) {
+      long n = 0;
+      while (malloc(1 << 20)) ++n;
+      g_values[0] = n;
+      g_values[1] = errno;
+      ret_forever();
+    }
+    CHECK_EQ(djoin(0), 0);
+    CHECK_EQ(g_values[1], long{ENOMEM});
+    out += std::to_string(g_values[0]);
+  });
+  EXPECT_GT(std::stol(out), 50);
+  EXPECT_LT(std::stol(out), 64);
+}
+
+TEST(Heap, FreeingAPointerTheHeapNeverGaveFaultsTheSpaceAndTheParentIsTold) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    std::string text = captured([&] {
+      if (dfork(0) == 0) {
+        static int not_heap[8];
+        free(&not_heap[2]);
+        ret_forever();
+      }
+      det_status st{};
+      CHECK_EQ(djoin_status(0, &st), -DET_EFAULTED);
+      out += status_str(st) + "\n";
+    });
+    CHECK(text.find("free of a pointer the heap never gave out") != std::string::npos);
+  });
+  EXPECT_NE(out.find("state=4"), std::string::npos) << out;
+  EXPECT_NE(out.find("sig=4"), std::string::npos) << out;  // SIGILL
+}
+
+TEST(Heap, CallocReallocAndAlignedAllocationWorkInSpaces) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    if (dfork(0) == 0) {
+      auto* z = static_cast<long*>(calloc(1000, sizeof(long)));
+      long sum = 0;
+      for (int i = 0; i < 1000; ++i) sum += z[i];
+      auto* r = static_cast<char*>(malloc(10));
+      strcpy(r, "detux");
+      r = static_cast<char*>(realloc(r, 1 << 20));
+      void* a = nullptr;
+      int pm = posix_memalign(&a, 4096, 100);
+      void* b = aligned_alloc(1 << 16, 1 << 16);
+      g_values[0] = sum;
+      g_values[1] = strcmp(r, "detux");
+      g_values[2] = pm == 0 && (reinterpret_cast<uintptr_t>(a) & 4095) == 0;
+      g_values[3] = b && (reinterpret_cast<uintptr_t>(b) & 0xffff) == 0;
+      free(a);
+      free(b);
+      free(r);
+      free(z);
+      ret_forever();
+    }
+    CHECK_EQ(djoin(0), 0);
+    for (int i = 0; i < 4; ++i) out += std::to_string(g_values[i]) + " ";
+  });
+  EXPECT_EQ(out, "0 0 1 1 ");
+}
+
+// ---- Console ----------------------------------------------------------------
+
+TEST(Console, ManyChildrenPrintingAtOnceAppearInJoinOrder) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    out = captured([] {
+      printf("master first\n");
+      for (int c = 0; c < 16; ++c) {
+        if (dfork(c) == 0) {
+          for (int line = 0; line < 50; ++line) printf("child %d line %d\n", c, line);
+          fflush(stdout);
+          ret_forever();
+        }
+      }
+      for (int c = 15; c >= 0; --c) CHECK_EQ(djoin(c), 0);  // joined in reverse
+      printf("master last\n");
+    });
+  });
+  std::string want = "master first\n";
+  for (int c = 15; c >= 0; --c)
+    for (int line = 0; line < 50; ++line)
+      want += "child " + std::to_string(c) + " line " + std::to_string(line) + "\n";
+  want += "master last\n";
+  EXPECT_EQ(out, want);
+}
+
+TEST(Console, StdoutStderrCoutAndCerrKeepTheOrderTheChildWroteThem) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    out = captured([] {
+      if (dfork(0) == 0) {
+        printf("one\n");
+        fflush(stdout);
+        fprintf(stderr, "two\n");
+        std::cout << "three" << std::endl;
+        std::cerr << "four\n";
+        puts("five");
+        fwrite("six\n", 1, 4, stdout);
+        fflush(stdout);
+        ret_forever();
+      }
+      CHECK_EQ(djoin(0), 0);
+    });
+  });
+  EXPECT_EQ(out, "one\ntwo\nthree\nfour\nfive\nsix\n");
+}
+
+TEST(Console, OutputTheParentHadBufferedIsPrintedOnceByTheParent) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    out = captured([] {
+      setvbuf(stdout, nullptr, _IOFBF, 1 << 16);
+      printf("before fork\n");  // still in the master's buffer
+      if (dfork(0) == 0) {
+        printf("in child\n");
+        fflush(stdout);
+        ret_forever();
+      }
+      printf("after fork\n");
+      CHECK_EQ(djoin(0), 0);
+      printf("after join\n");
+    });
+  });
+  EXPECT_EQ(out, "before fork\nafter fork\nin child\nafter join\n");
+}
+
+TEST(Console, SpacesReadStandardInputFromTheMasterAtAnyDepth) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    int p[2];
+    CHECK_EQ(pipe(p), 0);
+    std::string input;
+    for (int i = 0; i < 3000; ++i) input += "line " + std::to_string(i) + "\n";
+    if (fork() == 0) {  // a writer outside, dribbling
+      close(p[0]);
+      for (size_t at = 0; at < input.size(); at += 1000)
+        (void)!write(p[1], input.data() + at, std::min<size_t>(1000, input.size() - at));
+      _exit(0);
+    }
+    close(p[1]);
+    dup2(p[0], 0);
+    out = captured([] {
+      if (dfork(0) == 0) {
+        char line[64];
+        long n = 0, sum = 0;
+        while (fgets(line, sizeof line, stdin)) {
+          ++n;
+          sum += atol(line + 5);
+          if (n == 1000) break;
+        }
+        if (dfork(0) == 0) {  // a grandchild goes on where its parent was
+          long m = 0, s2 = 0;
+          while (fgets(line, sizeof line, stdin)) ++m, s2 += atol(line + 5);
+          printf("grandchild read %ld lines, sum %ld\n", m, s2);
+          fflush(stdout);
+          ret_forever();
+        }
+        CHECK_EQ(djoin(0), 0);
+        printf("child read %ld lines, sum %ld\n", n, sum);
+        fflush(stdout);
+        ret_forever();
+      }
+      CHECK_EQ(djoin(0), 0);
+    });
+    wait(nullptr);
+  });
+  EXPECT_EQ(out, "grandchild read 2000 lines, sum 3999000\nchild read 1000 lines, sum 499500\n");
+}
+
+TEST(Emulation, AConsoleCallOnAnotherDescriptorFaultsWithItsNumber) {
+  std::string out = twice([](std::string& out) {
+    if (dfork(0) == 0) {
+      syscall(SYS_write, 7, "x", 1);
+      ret_forever();
+    }
+    out += status_str(status_of(0));
+  });
+  EXPECT_NE(out.find("fault=2 sig=0 sys=1 "), std::string::npos) << out;  // DET_FAULT_SYSCALL
+}
+
+// ---- Threads, barriers, loops -----------------------------------------------
+
+TEST(Threads, EachThreadsWritesAppearAtItsJoinAndTheSameByteTwiceIsAConflict) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    g_values[0] = g_values[1] = 0;
+    detux::thread a(1, [] { g_values[0] = 10; });
+    detux::thread b(2, [] { g_values[1] = 20; });
+    a.join();
+    out += std::to_string(g_values[0]) + " " + std::to_string(g_values[1]) + ", ";
+    b.join();
+    out += std::to_string(g_values[0]) + " " + std::to_string(g_values[1]) + ", ";
+    detux::thread c(3, [] { g_same = 1; });
+    detux::thread d(4, [] { g_same = 2; });
+    c.join();
+    try {
+      d.join();
+      out += "no conflict";
+    } catch (const detux::error& e) {
+      CHECK(e.conflict());
+      CHECK_EQ(e.child(), det_child_t{4});
+      CHECK(e.conflict_addr() == reinterpret_cast<uintptr_t>(&g_same));
+      out += "conflict " + std::to_string(g_same);
+    }
+  });
+  EXPECT_EQ(out, "10 0, 10 20, conflict 1");
+}
+
+int g_phase[4];
+TEST(Barrier, AfterEachBarrierEveryThreadSeesTheOthersWrites) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    out = captured([] {
+      detux::run_group(0, 4, [](det_child_t me) {
+        for (int round = 1; round <= 3; ++round) {
+          g_phase[me] = round * 10 + static_cast<int>(me);
+          detux::barrier();
+          int sum = 0;
+          for (int k = 0; k < 4; ++k) sum += g_phase[k];
+          printf("thread %lu round %d sees %d\n", me, round, sum);
+          detux::barrier();
+        }
+      });
+    });
+    for (int k = 0; k < 4; ++k) out += " " + std::to_string(g_phase[k]);
+  });
+  std::string want;
+  for (int round = 1; round <= 3; ++round)
+    for (int t = 0; t < 4; ++t)
+      want += "thread " + std::to_string(t) + " round " + std::to_string(round) + " sees " +
+              std::to_string(4 * round * 10 + 6) + "\n";
+  EXPECT_EQ(out, want + " 30 31 32 33");
+}
+
+double* g_data;
+TEST(ParallelFor, AFloatingPointReductionIsBitIdenticalOnOneOrTwoCpus) {
+  NEEDS_DETUX_MALLOC();
+  auto reduce_with = [](int cpus) {
+    return [cpus](std::string& out) {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      for (int i = 0; i < cpus; ++i) CPU_SET(i, &set);
+      sched_setaffinity(0, sizeof set, &set);
+      const long n = 100000;
+      g_data = static_cast<double*>(malloc(n * sizeof(double)));
+      detux::parallel_for(0, n, 10000, [](long i) { g_data[i] = std::sin(i * 0.001) / (i + 1); });
+      double s = detux::parallel_reduce(0L, n, 7000L, 0.0, [](long i) { return g_data[i]; },
+                                        [](double a, double b) { return a + b; });
+      char b[64];
+      snprintf(b, sizeof b, "%a", s);
+      out += b;
+    };
+  };
+  std::string one = twice(reduce_with(1));
+  std::string two = twice(reduce_with(2));
+  EXPECT_EQ(one, two);
+  EXPECT_FALSE(one.empty());
+}
+
+// ---- Processes --------------------------------------------------------------
+
+TEST(Process, ForkAndWaitInASpaceGiveLowestIdsAndExitStatusesInOrder) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    out = captured([] {
+      if (dfork(0) == 0) {
+        for (int i = 0; i < 3; ++i) {
+          pid_t p = fork();
+          if (p == 0) {
+            printf("process %d\n", i);
+            exit(40 + i);
+          }
+          printf("forked %d\n", p);
+        }
+        if (fork() == 0) {
+          volatile int* bad = nullptr;
+          *bad = 1;
+        }
+        int st;
+        pid_t p;
+        while ((p = wait(&st)) > 0) {
+          if (WIFEXITED(st)) printf("pid %d exited %d\n", p, WEXITSTATUS(st));
+          else printf("pid %d killed by signal %d\n", p, WTERMSIG(st));
+        }
+        printf("then %s\n", errno == ECHILD ? "ECHILD" : "?");
+        fflush(stdout);
+        ret_forever();
+      }
+      CHECK_EQ(djoin(0), 0);
+    });
+  });
+  EXPECT_EQ(out,
+            "forked 1\nforked 2\nforked 3\nprocess 0\npid 1 exited 40\nprocess 1\n"
+            "pid 2 exited 41\nprocess 2\npid 3 exited 42\npid 4 killed by signal 11\nthen ECHILD\n");
+}
+
+TEST(Process, AProcessNeverMergesItsMemoryIntoItsParent) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    g_values[0] = 1;
+    if (dfork(0) == 0) {
+      if (fork() == 0) {
+        g_values[0] = 99;
+        exit(0);
+      }
+      wait(nullptr);
+      g_values[1] = g_values[0];
+      ret_forever();
+    }
+    CHECK_EQ(djoin(0), 0);
+    out += std::to_string(g_values[1]);
+  });
+  EXPECT_EQ(out, "1");
+}
