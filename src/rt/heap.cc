@@ -42,7 +42,7 @@ struct Lock {
   ~Lock() { g_busy.store(false, std::memory_order_release); }
 };
 
-constexpr uint64_t kSysBase = kHeapBase + kHeapMaxSize, kSysMaxSize = 1ULL << 40;
+constexpr uint64_t kSysBase = 0x500000000000ULL, kSysMaxSize = 1ULL << 40;  // 80 TiB
 
 HeapState& for_alloc() { return t_sys ? g_sys : g_prog; }
 HeapState& for_block(const void* p) {
