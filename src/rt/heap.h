@@ -32,8 +32,10 @@
 
 namespace detux::rt {
 
-inline constexpr uint64_t kHeapBase = 0x100000000000ULL;  // 16 TiB
-inline constexpr uint64_t kHeapMaxSize = 1ULL << 45;       // 32 TiB of address space
+// 17 TiB: above AddressSanitizer's shadow (which ends just past 16 TiB), so
+// the sanitizer build keeps the same layout.
+inline constexpr uint64_t kHeapBase = 0x110000000000ULL;
+inline constexpr uint64_t kHeapMaxSize = 1ULL << 44;       // 16 TiB of address space
 
 struct Extent {
   uint64_t lo = 0, hi = 0;
