@@ -31,7 +31,8 @@
 // every later question is a binary search plus a walk down one type.  The
 // cache key includes the object's in-memory build ID; if the file on disk no
 // longer carries that ID (rebuilt while the program ran), its symbols are
-// not trusted and the answer says so.
+// not trusted and the answer says so.  Objects the program has unloaded
+// (dlclose) leave the cache at the next question.
 //
 // Errors are values: missing, stripped, truncated or strange debug info
 // only lowers the grade of the answer, and describe_address() always returns
@@ -79,8 +80,11 @@ AddressDescription symbolize(uint64_t addr);
 std::string describe_address(uint64_t addr);
 std::string to_string(const AddressDescription& d);
 
-// How many ELF objects have been opened and indexed so far in this process.
+// How many times an ELF object has been opened and indexed in this process.
 // Repeated questions about one object do not raise it.
 size_t symbolize_objects_loaded();
+// How many objects the cache holds now; objects unloaded since (dlclose)
+// leave it at the next question.
+size_t symbolize_objects_cached();
 
 }  // namespace detux
