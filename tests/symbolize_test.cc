@@ -108,7 +108,9 @@ uint64_t at(const volatile T* p, size_t byte = 0) {
 
 std::string name_of(uint64_t addr) { return symbolize(addr).name; }
 
-bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+bool has(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
 bool starts(const std::string& s, const std::string& head) { return s.rfind(head, 0) == 0; }
 
 std::string hex(uint64_t v) {

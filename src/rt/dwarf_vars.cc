@@ -186,7 +186,8 @@ class TypeWalker {
     if (dwarf_child(arr, &c) == 0) {
       do {
         if (dwarf_tag(&c) != DW_TAG_subrange_type) continue;
-        if (dwarf_hasattr(&c, DW_AT_byte_stride) || dwarf_hasattr(&c, DW_AT_bit_stride)) return false;
+        if (dwarf_hasattr(&c, DW_AT_byte_stride) || dwarf_hasattr(&c, DW_AT_bit_stride))
+          return false;
         Dim d;
         d.lower = default_lower;
         Dwarf_Attribute a;
@@ -227,7 +228,8 @@ class TypeWalker {
       auto span = member_span(&m, is_union, &mtype, parent_size);
       if (!span.ok() || *off < span->start || *off - span->start >= span->size) continue;
       const char* name = tag == DW_TAG_member ? dwarf_diename(&m) : nullptr;
-      if (name != nullptr) *path += std::string(".") + name;  // bases, anonymous members add nothing
+      // Base classes and anonymous members add nothing to the path.
+      if (name != nullptr) *path += std::string(".") + name;
       *off -= span->start;
       *type = mtype;
       *bitfield = span->bitfield;
