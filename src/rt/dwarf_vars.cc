@@ -100,7 +100,9 @@ Result<Span> member_span(Dwarf_Die* m, bool in_union, Dwarf_Die* mtype, uint64_t
   if (s.bitfield && bit_off.ok()) {
     auto bits = udata_attr(m, DW_AT_bit_size);
     if (!bits.ok()) return Err{-ENODATA};
-    s.size = (*bit_off + *bits + 7) / 8 - s.start;
+    uint64_t end = (*bit_off + *bits + 7) / 8;
+    if (end < *bit_off / 8 || end <= s.start) return Err{-EINVAL};  // overflow or nonsense
+    s.size = end - s.start;
     return s;
   }
   auto size = udata_attr(m, DW_AT_byte_size);  // old-style bit-field storage unit
