@@ -9,6 +9,7 @@ packages=(
   libcli11-dev           # the detux command line
   libgtest-dev           # tests (GoogleTest)
   libbenchmark-dev       # micro-benchmarks (Google Benchmark)
+  libdw-dev libelf-dev   # DWARF and ELF reading: a conflict address named as a variable (actor[3].x)
 )
 missing=()
 for p in "${packages[@]}"; do
