@@ -454,3 +454,25 @@ TEST(Process, AProcessNeverMergesItsMemoryIntoItsParent) {
   });
   EXPECT_EQ(out, "1");
 }
+
+struct Actor {
+  int x;
+  double y;
+};
+Actor g_actor[8];
+TEST(Cxx, AJoinConflictNamesTheVariableFromDebugInfo) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    detux::thread a(1, [] { g_actor[3].x = 1; });
+    detux::thread b(2, [] { g_actor[3].x = 2; });
+    a.join();
+    try {
+      b.join();
+    } catch (const detux::error& e) {
+      std::string what = e.what();
+      out += what.substr(0, what.find(" ("));  // the address varies with ASLR
+    }
+  });
+  EXPECT_EQ(out, "detux: child 2: merge conflict: both parent and child changed the same bytes at "
+                 "g_actor[3].x");
+}

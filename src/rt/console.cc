@@ -154,6 +154,18 @@ void forget_buffer(FILE* f, bool input_from_stream) {
   f->_flags &= ~(kUserBuf | kPutting);
 }
 
+void console_give_back_input() {
+  if (!g_in_space || stdin->_IO_read_end <= stdin->_IO_read_ptr) return;
+  uint64_t ahead = static_cast<uint64_t>(stdin->_IO_read_end - stdin->_IO_read_ptr);
+  g_rt.in.pos = g_rt.in.pos >= ahead ? g_rt.in.pos - ahead : 0;
+  stdin->_IO_read_end = stdin->_IO_read_ptr;
+}
+
+void console_adopt_position(const RtState& crt) {
+  if (crt.in.pos > g_rt.in.pos && crt.in.pos <= g_rt.in.len) g_rt.in.pos = crt.in.pos;
+  if (crt.in.pos == g_rt.in.len && crt.in.eof) g_rt.in.eof = true;
+}
+
 void console_child_start(bool parent_in_space) {
   g_rt.out = ConsoleOut{};
   g_rt.in.owned = false;

@@ -29,6 +29,14 @@ long console_write(int fd, const void* buf, size_t len);
 // In a space: the emulated read(0, ...).  Blocks (Rets) for more input.
 long console_read(void* buf, size_t len);
 
+// In a space that ends (or reaches a barrier): input its stdio read ahead
+// but did not consume goes back to the stream, so that the parent, which
+// takes over the child's position when it joins or waits for it, reads on
+// from exactly where the program stopped reading.
+void console_give_back_input();
+// Parent side, at a join or wait: the child read on from here.
+void console_adopt_position(const RtState& child_rt);
+
 // Parent side.  Copies the child's pending output (as `child_rt` describes
 // it) and writes it to this process's stdout and stderr.
 long console_collect(det_child_t child, const RtState& child_rt);

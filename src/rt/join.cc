@@ -11,6 +11,7 @@
 #include "ptrace/birth.h"
 #include "rt/console.h"
 #include "rt/heap.h"
+#include "rt/symbolize.h"
 
 namespace detux::rt {
 
@@ -123,21 +124,12 @@ long merge_range(det_child_t child, uint64_t start, uint64_t len) {
 
 }  // namespace
 
-// Until DWARF symbolisation is in: the nearest dynamic symbol, or the hex.
-std::string describe(uint64_t addr) {
-  char hex[32];
-  snprintf(hex, sizeof hex, "%#lx", static_cast<unsigned long>(addr));
-  Dl_info info{};
-  if (dladdr(reinterpret_cast<void*>(addr), &info) && info.dli_sname) {
-    uint64_t off = addr - reinterpret_cast<uint64_t>(info.dli_saddr);
-    return std::string(info.dli_sname) + "+" + std::to_string(off) + " (" + hex + ")";
-  }
-  return hex;
-}
+std::string describe(uint64_t addr) { return describe_address(addr); }
 
 void rt_master_init() {
   if (g_segments) return;
   heap_reserve();
+  atexit(console_give_back_input);  // runs in every space that exits
   g_segments = new std::vector<Span>;
   dl_iterate_phdr(find_segments, g_segments);
 }
@@ -213,6 +205,7 @@ int join_child(det_child_t child, bool merge_memory, det_status* out) {
   if (r == 0 && merge_memory) r = merge_shared(child, &heap_merged);
   if (r == -DET_ECONFLICT) dget(child, DET_STATUS, &st, sizeof st, nullptr);
   console_collect(child, crt);
+  console_adopt_position(crt);
   HeapState ch;
   if (heap_merged && dget(child, DET_COPY, &ch, sizeof ch, &heap_state()) < 0) ch = HeapState{};
   if (ChildRec* rec = find_rec(child, false)) drop_rec(rec);

@@ -27,6 +27,7 @@ namespace {
 constexpr long kMaxInFlight = 64;  // chunks of a parallel loop running at once
 
 [[noreturn]] void end_thread() {
+  console_give_back_input();
   fflush(stdout);
   fflush(stderr);
   _exit(0);
