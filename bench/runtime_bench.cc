@@ -1,0 +1,211 @@
+// runtime_bench.cc: the runtime library's costs, each against a baseline
+// measured in the same run.
+//
+//   1. Barrier: N threads (N = 2, the CPUs here) each dirty K pages of a
+//      shared array (K = 1, 16, 256) and meet at a barrier, 20 rounds; detux
+//      threads with det_barrier (each round: merge every thread in id order,
+//      refresh each one's changed pages, new snapshot, restart) against
+//      pthreads with pthread_barrier_wait doing the same writes.  The
+//      figure is time per round.
+//   2. malloc/free: a fixed, seeded mix of 1M malloc and free calls (sizes 8
+//      B to 4 KiB, up to 1024 blocks live) run inside a space with detux's
+//      heap, against glibc's malloc (__libc_malloc) in the plain master
+//      process, and detux's heap in the master.  A space cannot read a
+//      clock: the master times a child that runs the mix and subtracts a
+//      child that runs nothing.
+// After the Google Benchmark output, main() prints each ratio.
+#include <benchmark/benchmark.h>
+#include <detux/detux.h>
+#include <pthread.h>
+#include <time.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <string>
+
+extern "C" void* __libc_malloc(size_t);
+extern "C" void __libc_free(void*);
+
+namespace {
+
+double now_s() {
+  timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) * 1e-9;
+}
+
+std::map<std::string, double> g_us;  // figure name -> microseconds
+
+// ---- 1. Barrier -------------------------------------------------------------
+
+constexpr int kThreads = 2, kRounds = 20;
+constexpr size_t kPage = 4096;
+char* g_shared;  // kThreads * 256 pages
+int g_pages;
+
+void dirty(int me, int round) {
+  char* mine = g_shared + static_cast<size_t>(me) * 256 * kPage;
+  for (int p = 0; p < g_pages; ++p) mine[p * kPage + round % 64] = static_cast<char>(round);
+}
+
+void detux_body(void* arg) {
+  int me = static_cast<int>(reinterpret_cast<long>(arg));
+  for (int r = 0; r < kRounds; ++r) {
+    dirty(me, r);
+    det_barrier();
+  }
+}
+
+void BM_Barrier_Detux(benchmark::State& state) {
+  g_pages = static_cast<int>(state.range(0));
+  g_shared = static_cast<char*>(calloc(kThreads * 256, kPage));
+  double total = 0;
+  for (auto _ : state) {
+    double t0 = now_s();
+    for (long t = 0; t < kThreads; ++t) det_thread_start(t, detux_body, reinterpret_cast<void*>(t));
+    if (det_group_join(0, kThreads, nullptr, nullptr) != 0) state.SkipWithError("group join failed");
+    double dt = now_s() - t0;
+    total += dt;
+    state.SetIterationTime(dt);
+  }
+  free(g_shared);
+  g_us["barrier detux K=" + std::to_string(g_pages)] =
+      total / static_cast<double>(state.iterations()) / kRounds * 1e6;
+}
+
+pthread_barrier_t g_pbar;
+void* pthread_body(void* arg) {
+  int me = static_cast<int>(reinterpret_cast<long>(arg));
+  for (int r = 0; r < kRounds; ++r) {
+    dirty(me, r);
+    pthread_barrier_wait(&g_pbar);
+  }
+  return nullptr;
+}
+
+void BM_Barrier_Pthreads(benchmark::State& state) {
+  g_pages = static_cast<int>(state.range(0));
+  g_shared = static_cast<char*>(calloc(kThreads * 256, kPage));
+  double total = 0;
+  for (auto _ : state) {
+    double t0 = now_s();
+    pthread_barrier_init(&g_pbar, nullptr, kThreads);
+    pthread_t t[kThreads];
+    for (long i = 0; i < kThreads; ++i)
+      pthread_create(&t[i], nullptr, pthread_body, reinterpret_cast<void*>(i));
+    for (pthread_t& x : t) pthread_join(x, nullptr);
+    pthread_barrier_destroy(&g_pbar);
+    double dt = now_s() - t0;
+    total += dt;
+    state.SetIterationTime(dt);
+  }
+  free(g_shared);
+  g_us["barrier pthreads K=" + std::to_string(g_pages)] =
+      total / static_cast<double>(state.iterations()) / kRounds * 1e6;
+}
+
+// ---- 2. malloc/free ----------------------------------------------------------
+
+constexpr long kOps = 1000000;
+void* g_live[1024];
+volatile long g_sink;
+
+template <typename Alloc, typename Free>
+void mix(long ops, Alloc alloc, Free release) {
+  uint64_t s = 42;
+  long checksum = 0;
+  for (long i = 0; i < ops; ++i) {
+    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+    size_t slot = (s >> 40) % 1024;
+    if (g_live[slot]) {
+      release(g_live[slot]);
+      g_live[slot] = nullptr;
+    } else {
+      size_t n = 8 + (s >> 20) % 4089;
+      g_live[slot] = alloc(n);
+      static_cast<char*>(g_live[slot])[0] = 1;
+      checksum += static_cast<long>(n);
+    }
+  }
+  for (void*& p : g_live)
+    if (p) release(p), p = nullptr;
+  g_sink = checksum;
+}
+
+void BM_Malloc_Glibc(benchmark::State& state) {
+  double total = 0;
+  for (auto _ : state) {
+    double t0 = now_s();
+    mix(kOps, __libc_malloc, __libc_free);
+    double dt = now_s() - t0;
+    total += dt;
+    state.SetIterationTime(dt);
+  }
+  g_us["malloc glibc, plain process"] = total / static_cast<double>(state.iterations()) / kOps * 1e6;
+}
+
+void BM_Malloc_DetuxMaster(benchmark::State& state) {
+  double total = 0;
+  for (auto _ : state) {
+    double t0 = now_s();
+    mix(kOps, malloc, free);
+    double dt = now_s() - t0;
+    total += dt;
+    state.SetIterationTime(dt);
+  }
+  g_us["malloc detux, master"] = total / static_cast<double>(state.iterations()) / kOps * 1e6;
+}
+
+double time_child(long ops) {
+  double t0 = now_s();
+  if (dfork(0) == 0) {
+    mix(ops, malloc, free);
+    for (;;) dret();
+  }
+  dget(0, DET_STATUS, nullptr, 0, nullptr);
+  double dt = now_s() - t0;
+  dput(0, DET_KILL, nullptr, 0, nullptr);
+  return dt;
+}
+
+void BM_Malloc_DetuxSpace(benchmark::State& state) {
+  double total = 0;
+  for (auto _ : state) {
+    double dt = time_child(kOps) - time_child(0);
+    total += dt;
+    state.SetIterationTime(dt > 0 ? dt : 1e-9);
+  }
+  g_us["malloc detux, in a space"] = total / static_cast<double>(state.iterations()) / kOps * 1e6;
+}
+
+BENCHMARK(BM_Barrier_Detux)->Arg(1)->Arg(16)->Arg(256)->UseManualTime()->Iterations(5);
+BENCHMARK(BM_Barrier_Pthreads)->Arg(1)->Arg(16)->Arg(256)->UseManualTime()->Iterations(20);
+BENCHMARK(BM_Malloc_Glibc)->UseManualTime()->Iterations(5);
+BENCHMARK(BM_Malloc_DetuxMaster)->UseManualTime()->Iterations(5);
+BENCHMARK(BM_Malloc_DetuxSpace)->UseManualTime()->Iterations(5);
+
+void ratio(const char* what, const std::string& a, const std::string& b) {
+  if (!g_us.count(a) || !g_us.count(b)) return;
+  std::printf("%-34s %10.3f us  vs %10.3f us  ratio %6.2f\n", what, g_us[a], g_us[b],
+              g_us[a] / g_us[b]);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  det_become_master();
+  benchmark::Initialize(&argc, argv);
+  benchmark::RunSpecifiedBenchmarks();
+  std::printf("\n%-34s %13s  %14s  %s\n", "figure (detux vs baseline)", "detux", "baseline",
+              "ratio");
+  for (int k : {1, 16, 256}) {
+    std::string K = std::to_string(k);
+    ratio(("barrier round, 2 threads, K=" + K).c_str(), "barrier detux K=" + K,
+          "barrier pthreads K=" + K);
+  }
+  ratio("malloc+free op, in a space", "malloc detux, in a space", "malloc glibc, plain process");
+  ratio("malloc+free op, in the master", "malloc detux, master", "malloc glibc, plain process");
+  return 0;
+}
