@@ -166,6 +166,10 @@ void Checker::check_inodes() {
       problem("inode " + num(i) + ": size " + num(n.size) + " too large");
       continue;
     }
+    if (n.state == kLive && (n.parent == 0 || n.parent >= sb().ninodes)) {
+      problem("inode " + num(i) + ": parent " + num(n.parent) + " out of range");
+      continue;
+    }
     if (n.type == kTypeDir && n.size % sizeof(Dirent) != 0)
       problem("directory " + num(i) + ": size not a whole number of entries");
     if (n.state == kDead && n.nblocks != 0) problem("dead inode " + num(i) + " holds blocks");
@@ -175,8 +179,9 @@ void Checker::check_inodes() {
   if (free_count != sb().free_inodes)
     problem("superblock counts " + num(sb().free_inodes) + " free inodes, table has " +
             num(free_count));
-  if (ino(kRootIno).state != kLive || ino(kRootIno).type != kTypeDir)
-    problem("root is not a live directory");
+  if (ino(kRootIno).state != kLive || ino(kRootIno).type != kTypeDir ||
+      ino(kRootIno).parent != kRootIno)
+    problem("root is not a live directory that is its own parent");
 }
 
 void Checker::check_bitmap() {

@@ -398,6 +398,7 @@ std::string Reconciler::path_in_parent(uint32_t pino) {
   std::string path;
   for (uint32_t steps = 0; pino != kRootIno && steps < p_.sb().ninodes; ++steps) {
     uint32_t up = p_.inode(pino).parent;
+    if (p_.inode(up).state != kLive || p_.inode(up).type != kTypeDir) break;  // a stale hint
     std::string name;
     for (uint64_t k = 0; k < p_.dir_count(up) && name.empty(); ++k) {
       const Dirent& e = p_.dirent_at(up, k);
@@ -407,6 +408,7 @@ std::string Reconciler::path_in_parent(uint32_t pino) {
     path = "/" + name + path;
     pino = up;
   }
+  if (pino != kRootIno) return "(inode " + std::to_string(pino) + ")" + path;
   return path.empty() ? "/" : path;
 }
 
