@@ -203,6 +203,9 @@ Result<Fs> load(const std::string& path, void* base, size_t size, std::string* w
 // Same, from bytes in memory (what the loader's fuzz target drives).
 Result<Fs> load_bytes(const uint8_t* data, size_t len, void* base, size_t size,
                       std::string* why = nullptr);
+// The region size an image needs (from its header), -EINVAL if it is not
+// an image.
+Result<uint64_t> image_region_bytes(const std::string& path);
 // Full structural check of a live file system.
 FsckReport fsck(const Fs& fs);
 

@@ -105,6 +105,15 @@ class Writer {
 
 }  // namespace
 
+// The mode a saved image gets: the old image's, or 0666 less the umask.
+static mode_t image_mode(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) return st.st_mode & 07777;
+  mode_t mask = umask(022);
+  umask(mask);
+  return 0666 & ~mask;
+}
+
 class ImageIo {
  public:
   static Status save(const Fs& fs, const std::string& path, std::string* why);
@@ -172,7 +181,8 @@ Status ImageIo::save(const Fs& fs, const std::string& path, std::string* why) {
   std::string tmp = path + ".tmp-XXXXXX";
   int fd = mkstemp(tmp.data());
   if (fd < 0) return fail(errno, "cannot create a temporary file beside " + path);
-  int err = write_image(fs, fd);
+  int err = fchmod(fd, image_mode(path)) == 0 ? 0 : errno;
+  if (err == 0) err = write_image(fs, fd);
   if (err == 0 && fsync(fd) != 0) err = errno;
   if (::close(fd) != 0 && err == 0) err = errno;
   if (err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
@@ -291,6 +301,18 @@ Status save(const Fs& fs, const std::string& path, std::string* why) {
 
 Result<Fs> load_bytes(const uint8_t* data, size_t len, void* base, size_t size, std::string* why) {
   return ImageIo::load(data, len, base, size, why);
+}
+
+Result<uint64_t> image_region_bytes(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Err{-errno};
+  Header h{};
+  ssize_t n = ::pread(fd, &h, sizeof h, 0);
+  ::close(fd);
+  if (n != static_cast<ssize_t>(sizeof h) || h.magic != kImageMagic || h.crc_header != header_crc(h) ||
+      h.nblocks > (1ull << 40))
+    return Err{-EINVAL};
+  return h.nblocks * kBlockSize;
 }
 
 Result<Fs> load(const std::string& path, void* base, size_t size, std::string* why) {
