@@ -203,6 +203,10 @@ Result<Fs> load(const std::string& path, void* base, size_t size, std::string* w
 // Same, from bytes in memory (what the loader's fuzz target drives).
 Result<Fs> load_bytes(const uint8_t* data, size_t len, void* base, size_t size,
                       std::string* why = nullptr);
+// Rewrites the checksums of an image in memory to match its bytes, so that
+// a fuzzer's mutations reach the structural checks.  False if the header's
+// sizes do not fit the buffer.  For fuzzing and tests only.
+bool fix_image_checksums(uint8_t* data, size_t len);
 // The region size an image needs (from its header), -EINVAL if it is not
 // an image.
 Result<uint64_t> image_region_bytes(const std::string& path);

@@ -295,6 +295,29 @@ Result<Fs> ImageIo::load(const uint8_t* data, size_t len, void* base, size_t siz
   return fs;
 }
 
+bool fix_image_checksums(uint8_t* data, size_t len) {
+  Header h;
+  if (len < sizeof h) return false;
+  std::memcpy(&h, data, sizeof h);
+  if (h.ninodes < 2 || h.ninodes > (1u << 31) || h.nblocks > (1ull << 40) ||
+      h.inode_blocks_saved > (1ull << 30) || h.data_blocks_saved > (1ull << 40))
+    return false;
+  Geometry g = geometry(h.nblocks, h.ninodes);
+  uint64_t inomap_len = (g.inode_blocks + 7) / 8;
+  uint64_t sections[5] = {kBlockSize, g.bitmap_blocks * kBlockSize, inomap_len,
+                          h.inode_blocks_saved * kBlockSize, h.data_blocks_saved * kBlockSize};
+  uint32_t* crcs[5] = {&h.crc_super, &h.crc_bitmap, &h.crc_inomap, &h.crc_inodes, &h.crc_data};
+  uint64_t off = sizeof h;
+  for (int k = 0; k < 5; ++k) {
+    if (sections[k] > len - off) return false;
+    *crcs[k] = crc(0, data + off, sections[k]);
+    off += sections[k];
+  }
+  h.crc_header = header_crc(h);
+  std::memcpy(data, &h, sizeof h);
+  return true;
+}
+
 Status save(const Fs& fs, const std::string& path, std::string* why) {
   return ImageIo::save(fs, path, why);
 }
