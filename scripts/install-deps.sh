@@ -10,6 +10,10 @@ packages=(
   libgtest-dev           # tests (GoogleTest)
   libbenchmark-dev       # micro-benchmarks (Google Benchmark)
   libdw-dev libelf-dev   # DWARF and ELF reading: a conflict address named as a variable (actor[3].x)
+  zlib1g-dev             # CRC-32 checksums of file-system images
+  libfuse3-dev           # `detux fs mount`: an image seen read-only through FUSE
+  fuse3                  # fusermount3, to mount and unmount in the tools' test
+  clang                  # the loader's fuzz target (libFuzzer): scripts/fuzz-smoke.sh
 )
 missing=()
 for p in "${packages[@]}"; do

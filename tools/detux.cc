@@ -1,6 +1,7 @@
 // detux: the command-line tool.
 //
 //   detux run [--trace] PROGRAM ARGS...
+//   detux fs mkfs|ls|cat|put|get|mkdir|rm|fsck|mount IMAGE ...   (fs_cmd.cc)
 //
 // starts PROGRAM as a master in a fixed environment, so that a deterministic
 // program prints the same bytes on every run: address-space randomisation
@@ -25,6 +26,8 @@
 #include <cstring>
 #include <string>
 #include <vector>
+
+#include "fs_cmd.h"
 
 namespace {
 
@@ -110,7 +113,9 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--env", extra, "add VAR=VALUE to the fixed environment");
   run_cmd->add_option("command", cmd, "PROGRAM ARGS...")->required();
   run_cmd->prefix_command();  // everything after PROGRAM belongs to it
+  auto* fs_cmd = add_fs_command(app);
   CLI11_PARSE(app, argc, argv);
+  if (fs_cmd->parsed()) return run_fs_command();
   if (run_cmd->parsed()) {
     for (const auto& r : run_cmd->remaining()) cmd.push_back(r);
     return run(cmd, trace, extra);

@@ -1,0 +1,367 @@
+// image.cc: saving a file system to a disk image and loading it back.
+//
+// An image is compact: only the blocks in use are written.
+//
+//   header     magic "DETUXIMG", format version, the file system's block and
+//              inode counts, section sizes, a CRC-32 per section, and a CRC
+//              of the header itself
+//   super      the superblock (one block)
+//   bitmap     the block bitmap (which data blocks follow)
+//   inomap     one bit per inode-table block: which ones follow
+//   inodes     the inode-table blocks that hold any non-free inode
+//   data       every used data block, in block-number order
+//
+// The descriptor table is not saved: descriptors belong to a running space.
+//
+// Saving is atomic: the image goes to a temporary file in the same directory,
+// is fsync'd, renamed over the old image, and the directory is fsync'd, so
+// a crash at any point leaves either the old image or the new one.
+//
+// Loading trusts nothing.  Sizes are checked before anything is read (with
+// overflow-safe arithmetic), every section's checksum before its bytes are
+// used, and then the whole structure is validated by fsck (fsck.cc) before
+// an Fs is handed out.  A refused image gives -EINVAL (or -EFBIG when it is
+// sound but larger than the region) and a one-line reason.  A loaded file
+// system starts a new life: no descriptors, epoch 0, and whatever a child's
+// save left behind (dead inodes, shadows, unnamed files) is freed.
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "fs/fs.h"
+
+namespace detux::fs {
+
+FsckReport fsck_image(const Fs& fs);
+
+namespace {
+
+constexpr uint64_t kImageMagic = 0x474d495855544544ull;  // "DETUXIMG"
+constexpr uint32_t kImageVersion = 1;
+
+struct Header {
+  uint64_t magic;
+  uint32_t version;
+  uint32_t header_size;
+  uint64_t nblocks;
+  uint64_t ninodes;
+  uint64_t inode_blocks_saved;
+  uint64_t data_blocks_saved;
+  uint32_t crc_super, crc_bitmap, crc_inomap, crc_inodes, crc_data;
+  uint32_t crc_header;  // over the header with this field zero
+};
+static_assert(sizeof(Header) == 72);
+
+uint32_t crc(uint32_t c, const void* p, uint64_t n) {
+  const auto* b = static_cast<const Bytef*>(p);
+  for (uint64_t done = 0; done < n;) {  // zlib takes 32-bit lengths
+    uInt chunk = static_cast<uInt>(std::min<uint64_t>(n - done, 1u << 30));
+    c = static_cast<uint32_t>(crc32(c, b + done, chunk));
+    done += chunk;
+  }
+  return c;
+}
+
+uint32_t header_crc(Header h) {
+  h.crc_header = 0;
+  return crc(0, &h, sizeof h);
+}
+
+bool bit(const uint8_t* map, uint64_t i) { return (map[i / 8] >> (i % 8)) & 1; }
+
+// Appends to a file through a buffer, remembering the first error.
+class Writer {
+ public:
+  explicit Writer(int fd) : fd_(fd) { buf_.reserve(kChunk); }
+  void put(const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    buf_.insert(buf_.end(), b, b + n);
+    if (buf_.size() >= kChunk) flush();
+  }
+  void flush() {
+    for (size_t done = 0; done < buf_.size() && err_ == 0;) {
+      ssize_t w = ::write(fd_, buf_.data() + done, buf_.size() - done);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) err_ = w < 0 ? errno : EIO;
+      else done += static_cast<size_t>(w);
+    }
+    buf_.clear();
+  }
+  int err() const { return err_; }
+
+ private:
+  static constexpr size_t kChunk = 1 << 20;
+  int fd_;
+  int err_ = 0;
+  std::vector<uint8_t> buf_;
+};
+
+}  // namespace
+
+// The mode a saved image gets: the old image's, or 0666 less the umask.
+static mode_t image_mode(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) == 0) return st.st_mode & 07777;
+  mode_t mask = umask(022);
+  umask(mask);
+  return 0666 & ~mask;
+}
+
+class ImageIo {
+ public:
+  static Status save(const Fs& fs, const std::string& path, std::string* why);
+  static Result<Fs> load(const uint8_t* data, size_t len, void* base, size_t size, std::string* why);
+
+ private:
+  static int write_image(const Fs& fs, int fd);
+  static void normalize(Fs& fs);
+};
+
+int ImageIo::write_image(const Fs& fs, int fd) {
+  const Super& s = fs.super();
+  auto blk = [&](uint64_t b) { return static_cast<const uint8_t*>(fs.base()) + b * kBlockSize; };
+  const uint8_t* bitmap = blk(s.bitmap_start);
+  std::vector<uint8_t> inomap((s.inode_blocks + 7) / 8, 0);
+  Header h{};
+  h.magic = kImageMagic;
+  h.version = kImageVersion;
+  h.header_size = sizeof(Header);
+  h.nblocks = s.nblocks;
+  h.ninodes = s.ninodes;
+  for (uint64_t k = 0; k < s.inode_blocks; ++k) {
+    const auto* inodes = reinterpret_cast<const Inode*>(blk(s.inode_start + k));
+    for (uint64_t i = 0; i < kInodesPerBlock; ++i)
+      if (inodes[i].state != kFree) {
+        inomap[k / 8] |= uint8_t(1u << (k % 8));
+        ++h.inode_blocks_saved;
+        break;
+      }
+  }
+  for (uint64_t b = s.data_start; b < s.nblocks; ++b) h.data_blocks_saved += bit(bitmap, b);
+  h.crc_super = crc(0, blk(0), kBlockSize);
+  h.crc_bitmap = crc(0, bitmap, s.bitmap_blocks * kBlockSize);
+  h.crc_inomap = crc(0, inomap.data(), inomap.size());
+  Writer w(fd);
+  w.put(&h, sizeof h);  // rewritten with its checksums at the end
+  w.put(blk(0), kBlockSize);
+  w.put(bitmap, s.bitmap_blocks * kBlockSize);
+  w.put(inomap.data(), inomap.size());
+  for (uint64_t k = 0; k < s.inode_blocks; ++k) {
+    if (!bit(inomap.data(), k)) continue;
+    h.crc_inodes = crc(h.crc_inodes, blk(s.inode_start + k), kBlockSize);
+    w.put(blk(s.inode_start + k), kBlockSize);
+  }
+  for (uint64_t b = s.data_start; b < s.nblocks; ++b) {
+    if (!bit(bitmap, b)) continue;
+    h.crc_data = crc(h.crc_data, blk(b), kBlockSize);
+    w.put(blk(b), kBlockSize);
+  }
+  w.flush();
+  if (w.err()) return w.err();
+  h.crc_header = header_crc(h);
+  if (pwrite(fd, &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h)) return errno ? errno : EIO;
+  return 0;
+}
+
+Status ImageIo::save(const Fs& fs, const std::string& path, std::string* why) {
+  auto fail = [&](int err, const std::string& what) {
+    if (why) *why = what + ": " + std::strerror(err);
+    return err_status(-err);
+  };
+  if (fs.base() == nullptr) return fail(EINVAL, "no file system");
+  size_t slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  std::string tmp = path + ".tmp-XXXXXX";
+  int fd = mkstemp(tmp.data());
+  if (fd < 0) return fail(errno, "cannot create a temporary file beside " + path);
+  int err = fchmod(fd, image_mode(path)) == 0 ? 0 : errno;
+  if (err == 0) err = write_image(fs, fd);
+  if (err == 0 && fsync(fd) != 0) err = errno;
+  if (::close(fd) != 0 && err == 0) err = errno;
+  if (err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
+  if (err != 0) {
+    ::unlink(tmp.c_str());
+    return fail(err, "cannot write " + path);
+  }
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) return fail(errno, "cannot open " + dir + " to sync it");
+  err = fsync(dfd) == 0 ? 0 : errno;
+  ::close(dfd);
+  if (err != 0) return fail(err, "cannot sync " + dir);
+  return ok_status();
+}
+
+// Gives a loaded file system a fresh start (see the file comment).
+void ImageIo::normalize(Fs& fs) {
+  Super& s = fs.sb();
+  s.epoch = 0;
+  s.changed_head = 0;
+  s.changed_count = 0;
+  s.inode_hint = kRootIno;
+  s.block_hint = s.data_start;
+  std::memset(&fs.fdt(), 0, kFdBlocks * kBlockSize);
+  for (uint32_t i = 1; i < s.ninodes; ++i) {
+    Inode& n = fs.inode(i);
+    n.opens = 0;
+    if (n.state == kDead || n.state == kShadow) {
+      fs.reclaim(n);
+    } else if (n.state == kLive && n.type == kTypeFile && n.nlink == 0) {
+      fs.release_inode(i);
+    }
+  }
+}
+
+Result<Fs> ImageIo::load(const uint8_t* data, size_t len, void* base, size_t size,
+                         std::string* why) {
+  auto refuse = [&](const std::string& what, long err = -EINVAL) {
+    if (why) *why = what;
+    return Result<Fs>(Err{err});
+  };
+  Header h;
+  if (len < sizeof h) return refuse("truncated image: no complete header");
+  std::memcpy(&h, data, sizeof h);
+  if (h.magic != kImageMagic) return refuse("not a detux file-system image (bad magic)");
+  if (h.version != kImageVersion)
+    return refuse("image format version " + std::to_string(h.version) + " is not supported");
+  if (h.header_size != sizeof h || h.crc_header != header_crc(h))
+    return refuse("image header is corrupt (checksum mismatch)");
+  if (h.ninodes < 2 || h.ninodes > (1u << 31) || h.ninodes % kInodesPerBlock != 0 ||
+      h.nblocks > (1ull << 40))
+    return refuse("image header has impossible counts");
+  Geometry g = geometry(h.nblocks, h.ninodes);
+  if (g.data_start >= h.nblocks) return refuse("image header has impossible counts");
+  if (h.inode_blocks_saved > g.inode_blocks || h.data_blocks_saved > h.nblocks - g.data_start)
+    return refuse("image header has impossible section sizes");
+  uint64_t inomap_len = (g.inode_blocks + 7) / 8;
+  uint64_t want = sizeof h + kBlockSize * (1 + g.bitmap_blocks) + inomap_len +
+                  kBlockSize * (h.inode_blocks_saved + h.data_blocks_saved);
+  if (len < want)
+    return refuse("truncated image: " + std::to_string(len) + " bytes, expected " + std::to_string(want));
+  if (len > want) return refuse("image has " + std::to_string(len - want) + " trailing bytes");
+  if (h.nblocks * kBlockSize > size || reinterpret_cast<uintptr_t>(base) % kBlockSize != 0)
+    return refuse("image needs a region of " + std::to_string(h.nblocks * kBlockSize) +
+                  " bytes (4 KiB aligned), have " + std::to_string(size), -EFBIG);
+  auto* region = static_cast<uint8_t*>(base);
+  const uint8_t* p = data + sizeof h;
+  if (crc(0, p, kBlockSize) != h.crc_super) return refuse("superblock checksum mismatch");
+  std::memcpy(region, p, kBlockSize);
+  p += kBlockSize;
+  const auto& sb = *reinterpret_cast<const Super*>(region);
+  if (!super_layout_ok(sb) || sb.nblocks != h.nblocks || sb.ninodes != h.ninodes)
+    return refuse("superblock does not match the image header");
+  uint64_t bitmap_len = g.bitmap_blocks * kBlockSize;
+  if (crc(0, p, bitmap_len) != h.crc_bitmap) return refuse("block bitmap checksum mismatch");
+  const uint8_t* bitmap = p;
+  p += bitmap_len;
+  if (crc(0, p, inomap_len) != h.crc_inomap) return refuse("inode map checksum mismatch");
+  const uint8_t* inomap = p;
+  p += inomap_len;
+  uint64_t present = 0, used = 0;
+  for (uint64_t k = 0; k < g.inode_blocks; ++k) present += bit(inomap, k);
+  for (uint64_t b = g.data_start; b < h.nblocks; ++b) used += bit(bitmap, b);
+  if (present != h.inode_blocks_saved || used != h.data_blocks_saved)
+    return refuse("image section sizes disagree with its maps");
+  if (crc(0, p, present * kBlockSize) != h.crc_inodes) return refuse("inode table checksum mismatch");
+  if (crc(0, p + present * kBlockSize, used * kBlockSize) != h.crc_data)
+    return refuse("data checksum mismatch");
+  std::memcpy(region + g.bitmap_start * kBlockSize, bitmap, bitmap_len);
+  std::memset(region + g.fd_start * kBlockSize, 0, kFdBlocks * kBlockSize);
+  for (uint64_t k = 0; k < g.inode_blocks; ++k) {
+    uint8_t* dst = region + (g.inode_start + k) * kBlockSize;
+    if (bit(inomap, k)) {
+      std::memcpy(dst, p, kBlockSize);
+      p += kBlockSize;
+    } else {
+      std::memset(dst, 0, kBlockSize);
+    }
+  }
+  for (uint64_t b = g.data_start; b < h.nblocks; ++b) {
+    if (!bit(bitmap, b)) continue;
+    std::memcpy(region + b * kBlockSize, p, kBlockSize);
+    p += kBlockSize;
+  }
+  auto fs = Fs::attach(base, size);
+  if (!fs.ok()) return refuse("superblock is inconsistent");
+  FsckReport r = fsck_image(*fs);
+  if (!r.ok()) return refuse("image structure is unsound: " + r.problems.front());
+  normalize(*fs);
+  return fs;
+}
+
+bool fix_image_checksums(uint8_t* data, size_t len) {
+  Header h;
+  if (len < sizeof h) return false;
+  std::memcpy(&h, data, sizeof h);
+  if (h.ninodes < 2 || h.ninodes > (1u << 31) || h.nblocks > (1ull << 40) ||
+      h.inode_blocks_saved > (1ull << 30) || h.data_blocks_saved > (1ull << 40))
+    return false;
+  Geometry g = geometry(h.nblocks, h.ninodes);
+  uint64_t inomap_len = (g.inode_blocks + 7) / 8;
+  uint64_t sections[5] = {kBlockSize, g.bitmap_blocks * kBlockSize, inomap_len,
+                          h.inode_blocks_saved * kBlockSize, h.data_blocks_saved * kBlockSize};
+  uint32_t* crcs[5] = {&h.crc_super, &h.crc_bitmap, &h.crc_inomap, &h.crc_inodes, &h.crc_data};
+  uint64_t off = sizeof h;
+  for (int k = 0; k < 5; ++k) {
+    if (sections[k] > len - off) return false;
+    *crcs[k] = crc(0, data + off, sections[k]);
+    off += sections[k];
+  }
+  h.crc_header = header_crc(h);
+  std::memcpy(data, &h, sizeof h);
+  return true;
+}
+
+Status save(const Fs& fs, const std::string& path, std::string* why) {
+  return ImageIo::save(fs, path, why);
+}
+
+Result<Fs> load_bytes(const uint8_t* data, size_t len, void* base, size_t size, std::string* why) {
+  return ImageIo::load(data, len, base, size, why);
+}
+
+Result<uint64_t> image_region_bytes(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Err{-errno};
+  Header h{};
+  ssize_t n = ::pread(fd, &h, sizeof h, 0);
+  ::close(fd);
+  if (n != static_cast<ssize_t>(sizeof h) || h.magic != kImageMagic || h.crc_header != header_crc(h) ||
+      h.nblocks > (1ull << 40))
+    return Err{-EINVAL};
+  return h.nblocks * kBlockSize;
+}
+
+Result<Fs> load(const std::string& path, void* base, size_t size, std::string* why) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (why) *why = "cannot open " + path + ": " + std::strerror(errno);
+    return Err{-errno};
+  }
+  std::vector<uint8_t> bytes;
+  struct stat st;
+  if (fstat(fd, &st) == 0 && st.st_size > 0) bytes.reserve(static_cast<size_t>(st.st_size));
+  uint8_t buf[1 << 16];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      ::close(fd);
+      if (why) *why = "cannot read " + path + ": " + std::strerror(err);
+      return Err{-err};
+    }
+    if (n == 0) break;
+    bytes.insert(bytes.end(), buf, buf + n);
+  }
+  ::close(fd);
+  return load_bytes(bytes.data(), bytes.size(), base, size, why);
+}
+
+}  // namespace detux::fs
