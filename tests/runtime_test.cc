@@ -309,15 +309,20 @@ TEST(Console, SpacesReadStandardInputFromTheMasterAtAnyDepth) {
   EXPECT_EQ(out, "grandchild read 2000 lines, sum 3999000\nchild read 1000 lines, sum 499500\n");
 }
 
-TEST(Emulation, AConsoleCallOnAnotherDescriptorFaultsWithItsNumber) {
+TEST(Emulation, ACallNeitherTheConsoleNorTheFileSystemTakesFaultsWithItsNumber) {
   std::string out = twice([](std::string& out) {
     if (dfork(0) == 0) {
-      syscall(SYS_write, 7, "x", 1);
+      g_values[0] = syscall(SYS_write, 7, "x", 1) < 0 ? errno : 0;  // no such file: EBADF
+      syscall(SYS_ioctl, 7, 0, 0);  // no ioctl on files: refused
       ret_forever();
     }
     out += status_str(status_of(0));
+    long e = 0;
+    CHECK_EQ(dget(0, DET_COPY, &e, sizeof e, &g_values[0]), 0L);
+    out += " errno " + std::to_string(e);
   });
-  EXPECT_NE(out.find("fault=2 sig=0 sys=1 "), std::string::npos) << out;  // DET_FAULT_SYSCALL
+  EXPECT_NE(out.find("fault=2 sig=0 sys=16 "), std::string::npos) << out;  // DET_FAULT_SYSCALL
+  EXPECT_NE(out.find("errno 9"), std::string::npos) << out;                // EBADF
 }
 
 // ---- Threads, barriers, loops -----------------------------------------------

@@ -154,7 +154,8 @@ struct det_status {
   int64_t syscall;       /* DET_FAULT_SYSCALL: the refused number; bit 32
                             set if it came through the 32-bit int 0x80 ABI */
   int32_t conflict;      /* 1 if the last merge from this child conflicted */
-  int32_t reserved;
+  int32_t fs_conflicts;  /* djoin/wait: files its reconciliation marked
+                            conflicted (det_fs_conflicts names them) */
   uint64_t conflict_addr; /* the lowest conflicting address */
 };
 
@@ -227,6 +228,29 @@ int det_parallel_for(long begin, long end, long grain, void (*fn)(long i, void *
  * ("actor[3].x"), else the nearest symbol plus offset, else the mapping.
  * Writes a NUL-terminated string into buf and returns buf. */
 const char *det_describe_address(uint64_t addr, char *buf, size_t len);
+
+/* ---- The file system of spaces ------------------------------------------
+ * Every space holds a whole file system (modelled on BSD FFS: 4 KiB blocks,
+ * inodes with direct, indirect and double-indirect blocks, hard links) in
+ * its own memory, a copy-on-write copy of its parent's.  Inside spaces,
+ * open/read/write/lseek/close/stat/unlink/rename/mkdir/rmdir/link/truncate
+ * (and so fopen/fprintf and std::fstream) reach it; descriptors are the
+ * lowest free from 3.  At a join or wait the parent reconciles per file:
+ * appends on both sides are both kept (the parent's first), a file changed
+ * on one side only takes that side, a file changed otherwise on both is
+ * marked conflicted (opening it fails with -DET_ECONFLICT until it is
+ * truncated by O_TRUNC or removed), and the same name created on both sides
+ * is a conflict.  The master's own file calls stay Linux's. */
+/* Master: write the file system to an image, atomically (temporary file,
+ * fsync, rename).  0 or -errno. */
+int det_fs_save(const char *image);
+/* Master: replace the file system with an image.  A corrupt, truncated or
+ * hostile image is refused (-EINVAL, -EIO ...) with the reason in *why
+ * (may be NULL) and the file system unchanged.  `detux run --fs IMAGE`
+ * loads IMAGE at start (if it exists) and saves it at exit. */
+int det_fs_load(const char *image, char *why, size_t why_len);
+/* The paths the last join or wait marked conflicted, one per line. */
+const char *det_fs_conflicts(void);
 
 /* ---- Master only -------------------------------------------------------- */
 /* Become master explicitly (the first detux call does it implicitly).

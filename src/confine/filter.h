@@ -58,10 +58,18 @@
 
 namespace detux::confine {
 
-// The calls sent back to the space as SIGSYS for the runtime to emulate.
-inline constexpr int kEmulatedCalls[] = {0 /* read */,   1 /* write */,  3 /* close */,
-                                         5 /* fstat */,  8 /* lseek */,  16 /* ioctl */,
-                                         19 /* readv */, 20 /* writev */, 262 /* newfstatat */};
+// The calls sent back to the space as SIGSYS for the runtime to emulate:
+// console I/O on fds 0-2 and the detux file system (rt/sysemu.cc,
+// rt/fsemu.cc).
+inline constexpr int kEmulatedCalls[] = {
+    0 /* read */,     1 /* write */,     2 /* open */,      3 /* close */,
+    4 /* stat */,     5 /* fstat */,     6 /* lstat */,     8 /* lseek */,
+    16 /* ioctl */,   17 /* pread64 */,  18 /* pwrite64 */, 19 /* readv */,
+    20 /* writev */,  21 /* access */,   32 /* dup */,      72 /* fcntl */,
+    76 /* truncate */, 77 /* ftruncate */, 82 /* rename */, 83 /* mkdir */,
+    84 /* rmdir */,   86 /* link */,     87 /* unlink */,   257 /* openat */,
+    258 /* mkdirat */, 262 /* newfstatat */, 263 /* unlinkat */, 264 /* renameat */,
+    265 /* linkat */, 269 /* faccessat */, 316 /* renameat2 */, 439 /* faccessat2 */};
 bool is_emulated_call(long nr);
 
 // Builds the space filter (see above) as a classic BPF program.  Throws

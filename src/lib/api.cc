@@ -19,6 +19,7 @@
 #include "ptrace/birth.h"
 #include "ptrace/ptrace_machine.h"
 #include "rt/fault.h"
+#include "rt/fsemu.h"
 #include "rt/join.h"
 
 using detux::abi::kOpGet;
@@ -118,6 +119,24 @@ const char* det_describe_address(uint64_t addr, char* buf, size_t len) {
   snprintf(buf, len, "%s", s.c_str());
   return buf;
 }
+
+int det_fs_save(const char* image) {
+  if (detux::g_in_space) return -DET_ENOTSPACE;
+  if (long r = ensure_master(); r < 0) return static_cast<int>(r);
+  std::string why;
+  return static_cast<int>(detux::rt::fs_save(image, &why));
+}
+
+int det_fs_load(const char* image, char* why, size_t why_len) {
+  if (detux::g_in_space) return -DET_ENOTSPACE;
+  if (long r = ensure_master(); r < 0) return static_cast<int>(r);
+  std::string w;
+  long r = detux::rt::fs_load(image, &w);
+  if (why && why_len) snprintf(why, why_len, "%s", w.c_str());
+  return static_cast<int>(r);
+}
+
+const char* det_fs_conflicts(void) { return detux::rt::last_fs_conflicts().c_str(); }
 
 int det_become_master(void) { return static_cast<int>(ensure_master()); }
 

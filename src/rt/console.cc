@@ -10,6 +10,7 @@
 #include <algorithm>
 
 #include "ptrace/birth.h"
+#include "rt/fsemu.h"
 
 namespace detux::rt {
 
@@ -182,6 +183,7 @@ void rt_child_start(det_child_t self, Extent e, bool parent_in_space) {
   g_rt.reply = InputReply{};
   heap_child_start(e);
   console_child_start(parent_in_space);
+  fs_child_start();
 }
 
 }  // namespace detux::rt

@@ -10,6 +10,7 @@
 
 #include "ptrace/birth.h"
 #include "rt/console.h"
+#include "rt/fsemu.h"
 #include "rt/heap.h"
 #include "rt/symbolize.h"
 
@@ -18,6 +19,7 @@ namespace detux::rt {
 namespace {
 
 std::vector<Span>* g_segments = nullptr;
+std::string g_fs_report;  // the paths the last join marked conflicted
 
 // Cut [cut, cut+len) out of every segment.
 void subtract(std::vector<Span>* segs, uint64_t cut, uint64_t len) {
@@ -126,9 +128,12 @@ long merge_range(det_child_t child, uint64_t start, uint64_t len) {
 
 std::string describe(uint64_t addr) { return describe_address(addr); }
 
+const std::string& last_fs_conflicts() { return g_fs_report; }
+
 void rt_master_init() {
   if (g_segments) return;
   heap_reserve();
+  fs_master_init();
   atexit(console_give_back_input);  // runs in every space that exits
   g_segments = new std::vector<Span>;
   dl_iterate_phdr(find_segments, g_segments);
@@ -206,6 +211,13 @@ int join_child(det_child_t child, bool merge_memory, det_status* out) {
   if (r == -DET_ECONFLICT) dget(child, DET_STATUS, &st, sizeof st, nullptr);
   console_collect(child, crt);
   console_adopt_position(crt);
+  if (st.state != DET_S_FAULTED) {  // files, as Determinator reconciles them
+    std::string report;
+    long c = fs_join(child, &report);
+    st.fs_conflicts = static_cast<int32_t>(c > 0 ? c : 0);
+    if (c > 0) g_fs_report = report;
+    if (c < 0 && r == 0) r = c;
+  }
   HeapState ch;
   if (heap_merged && dget(child, DET_COPY, &ch, sizeof ch, &heap_state()) < 0) ch = HeapState{};
   if (ChildRec* rec = find_rec(child, false)) drop_rec(rec);

@@ -54,6 +54,9 @@ long merge_shared(det_child_t child, bool* heap_merged);
 // -DET_EFAULTED, -DET_EEXITED or another error; *out gets the final status.
 int join_child(det_child_t child, bool merge_memory, det_status* out);
 
+// The paths the last join marked conflicted, one per line.
+const std::string& last_fs_conflicts();
+
 // A name for an address of this process (det_describe_address).
 std::string describe(uint64_t addr);
 

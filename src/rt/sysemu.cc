@@ -5,8 +5,9 @@
 // them from the space's own memory, with no help from the supervisor:
 // writes to fd 1 and 2 go to the space's console buffer, reads from fd 0
 // come from its part of the input stream, and fstat on 0-2 describes a pipe
-// (so stdio buffers output fully and never asks isatty).  Anything else --
-// another fd, another call -- is refused with a kOpRefuse call, which faults
+// (so stdio buffers output fully and never asks isatty); files on fds >= 3
+// and paths go to the detux file system (fsemu.cc).  Anything else -- a
+// call neither takes -- is refused with a kOpRefuse call, which faults
 // the space exactly as if the filter had refused it: the parent sees
 // DET_FAULT_SYSCALL with the call's number.
 //
@@ -30,6 +31,7 @@
 #include "ptrace/birth.h"
 #include "rt/console.h"
 #include "rt/fault.h"
+#include "rt/fsemu.h"
 
 namespace detux::rt {
 
@@ -107,6 +109,8 @@ long emulate(long nr, const long a[6]) {
     default:
       break;
   }
+  long r;
+  if (fs_emulate(nr, a, &r)) return r;
   refuse(nr);
 }
 
