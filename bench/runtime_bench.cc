@@ -7,6 +7,9 @@
 //      refresh each one's changed pages, new snapshot, restart) against
 //      pthreads with pthread_barrier_wait doing the same writes.  The
 //      figure is time per round.
+//   3. Files: 256 MiB written, then read, sequentially through write/read
+//      in 1 MiB calls, in a space on the detux file system against the master
+//      on tmpfs (/dev/shm); the ratio is throughput, goal >= 0.5.
 //   2. malloc/free: a fixed, seeded mix of 1M malloc and free calls (sizes 8
 //      B to 4 KiB, up to 1024 blocks live) run inside a space with detux's
 //      heap, against glibc's malloc (__libc_malloc) in the plain master
@@ -17,7 +20,9 @@
 #include <benchmark/benchmark.h>
 #include <detux/detux.h>
 #include <pthread.h>
+#include <fcntl.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -180,6 +185,75 @@ void BM_Malloc_DetuxSpace(benchmark::State& state) {
   g_us["malloc detux, in a space"] = total / static_cast<double>(state.iterations()) / kOps * 1e6;
 }
 
+// ---- 3. Files: 256 MiB written then read sequentially, 1 MiB per call -------
+
+constexpr size_t kFileBytes = 256 << 20, kChunk = 1 << 20;
+char* g_chunk;
+
+// Writes (or reads) the file through plain write/read: in a space these
+// reach the detux file system; in the master, Linux (tmpfs at /dev/shm).
+void file_pass(const char* path, bool write_it) {
+  int fd = write_it ? open(path, O_CREAT | O_TRUNC | O_WRONLY, 0644) : open(path, O_RDONLY);
+  for (size_t at = 0; at < kFileBytes; at += kChunk)
+    if ((write_it ? write(fd, g_chunk, kChunk) : read(fd, g_chunk, kChunk)) != kChunk) abort();
+  close(fd);
+}
+
+double time_file_child(bool write_it, bool work) {
+  double t0 = now_s();
+  if (dfork(0) == 0) {
+    if (!write_it) file_pass("/big", true);  // the file to read, made before the clock starts
+    dret();
+    if (work) file_pass("/big", write_it);
+    for (;;) dret();
+  }
+  dget(0, DET_STATUS, nullptr, 0, nullptr);  // set up
+  t0 = now_s();
+  dput(0, DET_START, nullptr, 0, nullptr);
+  dget(0, DET_STATUS, nullptr, 0, nullptr);
+  double dt = now_s() - t0;
+  dput(0, DET_KILL, nullptr, 0, nullptr);
+  return dt;
+}
+
+void BM_File_Space(benchmark::State& state) {
+  bool write_it = state.range(0) == 1;
+  g_chunk = static_cast<char*>(malloc(kChunk));
+  memset(g_chunk, 'x', kChunk);
+  double total = 0;
+  for (auto _ : state) {
+    double dt = time_file_child(write_it, true) - time_file_child(write_it, false);
+    total += dt;
+    state.SetIterationTime(dt > 0 ? dt : 1e-9);
+  }
+  free(g_chunk);
+  g_us[write_it ? "file write, space" : "file read, space"] =
+      total / static_cast<double>(state.iterations()) * 1e6;
+}
+
+void BM_File_Tmpfs(benchmark::State& state) {
+  bool write_it = state.range(0) == 1;
+  g_chunk = static_cast<char*>(malloc(kChunk));
+  memset(g_chunk, 'x', kChunk);
+  const char* path = "/dev/shm/detux-runtime-bench";
+  if (!write_it) file_pass(path, true);
+  double total = 0;
+  for (auto _ : state) {
+    if (write_it) unlink(path);  // a new file each time, as the space's is
+    double t0 = now_s();
+    file_pass(path, write_it);
+    double dt = now_s() - t0;
+    total += dt;
+    state.SetIterationTime(dt);
+  }
+  unlink(path);
+  free(g_chunk);
+  g_us[write_it ? "file write, tmpfs" : "file read, tmpfs"] =
+      total / static_cast<double>(state.iterations()) * 1e6;
+}
+
+BENCHMARK(BM_File_Space)->Arg(1)->Arg(0)->UseManualTime()->Iterations(3);
+BENCHMARK(BM_File_Tmpfs)->Arg(1)->Arg(0)->UseManualTime()->Iterations(3);
 BENCHMARK(BM_Barrier_Detux)->Arg(1)->Arg(16)->Arg(256)->UseManualTime()->Iterations(5);
 BENCHMARK(BM_Barrier_Pthreads)->Arg(1)->Arg(16)->Arg(256)->UseManualTime()->Iterations(20);
 BENCHMARK(BM_Malloc_Glibc)->UseManualTime()->Iterations(5);
@@ -207,5 +281,13 @@ int main(int argc, char** argv) {
   }
   ratio("malloc+free op, in a space", "malloc detux, in a space", "malloc glibc, plain process");
   ratio("malloc+free op, in the master", "malloc detux, master", "malloc glibc, plain process");
+  // Throughput ratio: tmpfs time over the space's time (goal >= 0.5).
+  for (const char* what : {"write", "read"}) {
+    std::string s = std::string("file ") + what + ", space", t = std::string("file ") + what + ", tmpfs";
+    if (g_us.count(s) && g_us.count(t))
+      std::printf("256 MiB %-5s in a space: %7.0f MB/s, tmpfs %7.0f MB/s, ratio %.2f (goal >= 0.5)\n",
+                  what, 256 * 1.048576 / g_us[s] * 1e6, 256 * 1.048576 / g_us[t] * 1e6,
+                  g_us[t] / g_us[s]);
+  }
   return 0;
 }

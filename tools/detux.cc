@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <filesystem>
 #include <vector>
 
 #include "fs_cmd.h"
@@ -109,7 +110,10 @@ int main(int argc, char** argv) {
   auto* run_cmd = app.add_subcommand("run", "run PROGRAM as master in a fixed environment");
   bool trace = false;
   std::vector<std::string> cmd, extra;
+  std::string fs_image;
   run_cmd->add_flag("--trace", trace, "log every call and stop of every space to stderr");
+  run_cmd->add_option("--fs", fs_image,
+                      "the spaces' file system: load IMAGE at start (if it exists), save it at exit");
   run_cmd->add_option("--env", extra, "add VAR=VALUE to the fixed environment");
   run_cmd->add_option("command", cmd, "PROGRAM ARGS...")->required();
   run_cmd->prefix_command();  // everything after PROGRAM belongs to it
@@ -118,6 +122,11 @@ int main(int argc, char** argv) {
   if (fs_cmd->parsed()) return run_fs_command();
   if (run_cmd->parsed()) {
     for (const auto& r : run_cmd->remaining()) cmd.push_back(r);
+    if (!fs_image.empty()) {
+      std::error_code ec;
+      auto abs = std::filesystem::absolute(fs_image, ec);
+      extra.push_back("DETUX_FS_IMAGE=" + (ec ? fs_image : abs.string()));
+    }
     return run(cmd, trace, extra);
   }
   return 0;

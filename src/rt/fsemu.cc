@@ -29,6 +29,7 @@
 #include <string>
 
 #include "fs/fs.h"
+#include "ptrace/birth.h"
 
 namespace detux::rt {
 namespace {
@@ -126,6 +127,16 @@ void fs_master_init() {
     g_fs = *r;
   }
   g_ready = true;
+  if (image && *image) {
+    static std::string s_image = image;
+    atexit([] {
+      if (g_in_space) return;  // spaces run the master's atexit list too
+      std::string why;
+      if (fs_save(s_image.c_str(), &why) < 0)
+        fprintf(stderr, "detux: could not save the file system to %s: %s\n", s_image.c_str(),
+                why.c_str());
+    });
+  }
 }
 
 void fs_child_start() {
