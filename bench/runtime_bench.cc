@@ -139,28 +139,33 @@ void mix(long ops, Alloc alloc, Free release) {
   g_sink = checksum;
 }
 
-void BM_Malloc_Glibc(benchmark::State& state) {
+// Times `run` (which returns the seconds it took) on every iteration and
+// records the mean, divided by `per`, under `name` in microseconds.
+template <typename F>
+void timed(benchmark::State& state, const std::string& name, double per, F run) {
   double total = 0;
   for (auto _ : state) {
-    double t0 = now_s();
-    mix(kOps, __libc_malloc, __libc_free);
-    double dt = now_s() - t0;
+    double dt = run();
     total += dt;
-    state.SetIterationTime(dt);
+    state.SetIterationTime(dt > 0 ? dt : 1e-9);
   }
-  g_us["malloc glibc, plain process"] = total / static_cast<double>(state.iterations()) / kOps * 1e6;
+  g_us[name] = total / static_cast<double>(state.iterations()) / per * 1e6;
+}
+
+template <typename F>
+double wall(F f) {
+  double t0 = now_s();
+  f();
+  return now_s() - t0;
+}
+
+void BM_Malloc_Glibc(benchmark::State& state) {
+  timed(state, "malloc glibc, plain process", kOps,
+        [] { return wall([] { mix(kOps, __libc_malloc, __libc_free); }); });
 }
 
 void BM_Malloc_DetuxMaster(benchmark::State& state) {
-  double total = 0;
-  for (auto _ : state) {
-    double t0 = now_s();
-    mix(kOps, malloc, free);
-    double dt = now_s() - t0;
-    total += dt;
-    state.SetIterationTime(dt);
-  }
-  g_us["malloc detux, master"] = total / static_cast<double>(state.iterations()) / kOps * 1e6;
+  timed(state, "malloc detux, master", kOps, [] { return wall([] { mix(kOps, malloc, free); }); });
 }
 
 double time_child(long ops) {
@@ -176,13 +181,7 @@ double time_child(long ops) {
 }
 
 void BM_Malloc_DetuxSpace(benchmark::State& state) {
-  double total = 0;
-  for (auto _ : state) {
-    double dt = time_child(kOps) - time_child(0);
-    total += dt;
-    state.SetIterationTime(dt > 0 ? dt : 1e-9);
-  }
-  g_us["malloc detux, in a space"] = total / static_cast<double>(state.iterations()) / kOps * 1e6;
+  timed(state, "malloc detux, in a space", kOps, [] { return time_child(kOps) - time_child(0); });
 }
 
 // ---- 3. Files: 256 MiB written then read sequentially, 1 MiB per call -------
@@ -220,15 +219,10 @@ void BM_File_Space(benchmark::State& state) {
   bool write_it = state.range(0) == 1;
   g_chunk = static_cast<char*>(malloc(kChunk));
   memset(g_chunk, 'x', kChunk);
-  double total = 0;
-  for (auto _ : state) {
-    double dt = time_file_child(write_it, true) - time_file_child(write_it, false);
-    total += dt;
-    state.SetIterationTime(dt > 0 ? dt : 1e-9);
-  }
+  timed(state, write_it ? "file write, space" : "file read, space", 1, [write_it] {
+    return time_file_child(write_it, true) - time_file_child(write_it, false);
+  });
   free(g_chunk);
-  g_us[write_it ? "file write, space" : "file read, space"] =
-      total / static_cast<double>(state.iterations()) * 1e6;
 }
 
 void BM_File_Tmpfs(benchmark::State& state) {
@@ -237,19 +231,12 @@ void BM_File_Tmpfs(benchmark::State& state) {
   memset(g_chunk, 'x', kChunk);
   const char* path = "/dev/shm/detux-runtime-bench";
   if (!write_it) file_pass(path, true);
-  double total = 0;
-  for (auto _ : state) {
+  timed(state, write_it ? "file write, tmpfs" : "file read, tmpfs", 1, [&] {
     if (write_it) unlink(path);  // a new file each time, as the space's is
-    double t0 = now_s();
-    file_pass(path, write_it);
-    double dt = now_s() - t0;
-    total += dt;
-    state.SetIterationTime(dt);
-  }
+    return wall([&] { file_pass(path, write_it); });
+  });
   unlink(path);
   free(g_chunk);
-  g_us[write_it ? "file write, tmpfs" : "file read, tmpfs"] =
-      total / static_cast<double>(state.iterations()) * 1e6;
 }
 
 BENCHMARK(BM_File_Space)->Arg(1)->Arg(0)->UseManualTime()->Iterations(3);

@@ -23,11 +23,6 @@ using namespace detux::test;
 
 namespace {
 
-#ifdef DETUX_SANITIZED
-#define NEEDS_DETUX_MALLOC() GTEST_SKIP() << "the sanitizer's malloc cannot run in spaces"
-#else
-#define NEEDS_DETUX_MALLOC() (void)0
-#endif
 
 char g_report[4096];
 

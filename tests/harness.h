@@ -90,6 +90,14 @@ inline std::string twice(const std::function<void(std::string&)>& scenario) {
   return a.out;
 }
 
+// The runtime in spaces needs detux's malloc, which the sanitizer build
+// does not export (AddressSanitizer's allocator asks Linux for memory).
+#ifdef DETUX_SANITIZED
+#define NEEDS_DETUX_MALLOC() GTEST_SKIP() << "the sanitizer's malloc cannot run in spaces"
+#else
+#define NEEDS_DETUX_MALLOC() (void)0
+#endif
+
 // A space's usual ending: stop and stay stopped until killed.
 [[noreturn]] inline void ret_forever() {
   for (;;) dret();

@@ -20,11 +20,6 @@ using namespace detux::test;
 
 namespace {
 
-#ifdef DETUX_SANITIZED
-#define NEEDS_DETUX_MALLOC() GTEST_SKIP() << "the sanitizer's malloc cannot run in spaces"
-#else
-#define NEEDS_DETUX_MALLOC() (void)0
-#endif
 
 // Runs fn with fd 1 and 2 going to one memory file; returns what was written.
 template <typename F>

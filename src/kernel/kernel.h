@@ -60,6 +60,8 @@ class Kernel {
   long perm_range(Space& s, uint64_t addr, uint64_t len, unsigned long flags);
   long merge_range(Space& parent, Space& child, uint64_t addr, uint64_t len);
   long refresh_range(Space& parent, Space& child, uint64_t addr, uint64_t len);
+  Result<std::vector<uint64_t>> child_dirty(Space& child, uint64_t addr, uint64_t len,
+                                            MemRange* span);
   long map_parent_holes(Space& parent, MemRange span, const std::vector<uint64_t>& pages);
   long merge_pages(Space& parent, Space& child, uint64_t addr, uint64_t len,
                    const std::vector<uint64_t>& pages, std::vector<uint64_t>* changed,

@@ -113,6 +113,15 @@ long Kernel::perm_range(Space& s, uint64_t addr, uint64_t len, unsigned long fla
   return added.ok() ? 0 : added.err();
 }
 
+// The pages of [addr, addr+len) the child wrote since its snapshot (in the
+// page-aligned *span); -EINVAL for a bad range or a child with no snapshot.
+Result<std::vector<uint64_t>> Kernel::child_dirty(Space& child, uint64_t addr, uint64_t len,
+                                                   MemRange* span) {
+  if (bad_range(addr, len) || !m_.has_snapshot(child.proc)) return Err{-EINVAL};
+  *span = MemRange{page_down(addr), page_up(addr + len) - page_down(addr)};
+  return m_.dirty_pages(child.proc, *span);
+}
+
 // Three-way merge of the child's changes since its snapshot into the parent.
 //
 // Candidate pages are the child's written pages.  Where the parent has not
@@ -124,10 +133,8 @@ long Kernel::perm_range(Space& s, uint64_t addr, uint64_t len, unsigned long fla
 // exactly as it was.
 long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t len) {
   if (len == 0) return 0;
-  if (bad_range(addr, len)) return -EINVAL;
-  if (!m_.has_snapshot(child.proc)) return -EINVAL;
-  MemRange span{page_down(addr), page_up(addr + len) - page_down(addr)};
-  auto dirty = m_.dirty_pages(child.proc, span);
+  MemRange span;
+  auto dirty = child_dirty(child, addr, len, &span);
   if (!dirty.ok()) return dirty.err();
   std::vector<uint64_t>& pages = *dirty;
   if (pages.empty()) return 0;
@@ -161,10 +168,8 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
 // move byte-exact.
 long Kernel::refresh_range(Space& parent, Space& child, uint64_t addr, uint64_t len) {
   if (len == 0) return 0;
-  if (bad_range(addr, len)) return -EINVAL;
-  if (!m_.has_snapshot(child.proc)) return -EINVAL;
-  MemRange span{page_down(addr), page_up(addr + len) - page_down(addr)};
-  auto dirty = m_.dirty_pages(child.proc, span);
+  MemRange span;
+  auto dirty = child_dirty(child, addr, len, &span);
   if (!dirty.ok()) return dirty.err();
   auto mine = m_.populated_pages(parent.proc, span);
   if (!mine.ok()) return mine.err();
