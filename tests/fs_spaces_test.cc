@@ -7,6 +7,7 @@
 // "driver" space that uses the detux file system and reports in g_report,
 // which djoin merges back to the master.
 #include <detux/detux.hpp>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -156,6 +157,22 @@ TEST(FsSpaces, TheSameNameMadeOnBothSidesIsAConflictNotAnOverwrite) {
     });
   });
   EXPECT_EQ(out, "fs_conflicts 1\n");
+}
+
+TEST(FsSpaces, ReaddirListsADirectoryInNameOrder) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    out = in_driver([] {
+      mkdir("/d", 0755);
+      for (const char* n : {"/d/zeta", "/d/alpha", "/d/mid"}) spit(n, "x");
+      mkdir("/d/sub", 0755);
+      DIR* d = opendir("/d");
+      if (!d) return say(std::string("opendir: ") + strerror(errno));
+      while (dirent* e = readdir(d)) say(std::string(e->d_name) + (e->d_type == DT_DIR ? "/ " : " "));
+      closedir(d);
+    });
+  });
+  EXPECT_EQ(out, "alpha mid sub/ zeta ");
 }
 
 TEST(FsSpaces, FstreamAndStatWorkInSpaces) {

@@ -69,7 +69,8 @@ inline constexpr int kEmulatedCalls[] = {
     76 /* truncate */, 77 /* ftruncate */, 82 /* rename */, 83 /* mkdir */,
     84 /* rmdir */,   86 /* link */,     87 /* unlink */,   257 /* openat */,
     258 /* mkdirat */, 262 /* newfstatat */, 263 /* unlinkat */, 264 /* renameat */,
-    265 /* linkat */, 269 /* faccessat */, 316 /* renameat2 */, 439 /* faccessat2 */};
+    265 /* linkat */, 269 /* faccessat */, 316 /* renameat2 */, 439 /* faccessat2 */,
+    217 /* getdents64 */};
 bool is_emulated_call(long nr);
 
 // Builds the space filter (see above) as a classic BPF program.  Throws

@@ -26,7 +26,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <dirent.h>
+
 #include <string>
+#include <vector>
 
 #include "fs/fs.h"
 #include "ptrace/birth.h"
@@ -78,8 +81,68 @@ long stat_fd(long fd, struct stat* out) {
 // dirfd must be AT_FDCWD (or the path absolute): there is no directory fd.
 bool at_ok(long dirfd, const char* path) { return dirfd == AT_FDCWD || (path && path[0] == '/'); }
 
+// Directory descriptors (for opendir/readdir): a snapshot of the entries,
+// sorted by name, taken at open.  They live in the runtime's own data, not
+// in the region, and are numbered from kFirstDirFd so as never to meet the
+// file system's descriptors.
+constexpr int kFirstDirFd = 1000, kDirFds = 16;
+struct DirFd {
+  bool used = false;
+  uint32_t ino = 0;
+  std::vector<fs::DirEntry>* entries = nullptr;
+  size_t pos = 0;
+};
+DirFd g_dirs[kDirFds];
+
+DirFd* dir_of(long fd) {
+  long i = fd - kFirstDirFd;
+  return i >= 0 && i < kDirFds && g_dirs[i].used ? &g_dirs[i] : nullptr;
+}
+
+long open_dir(const char* path) {
+  auto st = g_fs.stat(path);
+  if (!st.ok()) return st.err();
+  if (st->type != fs::kTypeDir) return -ENOTDIR;
+  auto list = g_fs.readdir(path);
+  if (!list.ok()) return list.err();
+  for (int i = 0; i < kDirFds; ++i) {
+    if (g_dirs[i].used) continue;
+    g_dirs[i] = DirFd{true, st->ino, new std::vector<fs::DirEntry>(std::move(*list)), 0};
+    return kFirstDirFd + i;
+  }
+  return -EMFILE;
+}
+
+long close_dir(DirFd* d) {
+  delete d->entries;
+  *d = DirFd{};
+  return 0;
+}
+
+// linux_dirent64 records, as many as fit.
+long getdents(DirFd* d, char* buf, size_t len) {
+  size_t at = 0;
+  for (; d->pos < d->entries->size(); ++d->pos) {
+    const fs::DirEntry& e = (*d->entries)[d->pos];
+    size_t reclen = (19 + e.name.size() + 1 + 7) & ~size_t{7};
+    if (at + reclen > len) break;
+    char* r = buf + at;
+    memset(r, 0, reclen);
+    uint64_t ino = e.ino, off = d->pos + 1;
+    uint16_t rl = static_cast<uint16_t>(reclen);
+    memcpy(r, &ino, 8);
+    memcpy(r + 8, &off, 8);
+    memcpy(r + 16, &rl, 2);
+    r[18] = e.type == fs::kTypeDir ? DT_DIR : DT_REG;
+    memcpy(r + 19, e.name.data(), e.name.size());
+    at += reclen;
+  }
+  if (at == 0 && d->pos < d->entries->size()) return -EINVAL;  // buffer too small
+  return static_cast<long>(at);
+}
+
 long do_open(const char* path, long flags, long mode) {
-  if (flags & O_DIRECTORY) return -ENOTSUP;  // no directory descriptors (readdir: det_fs_*)
+  if (flags & O_DIRECTORY) return open_dir(path);  // opendir
   int keep = static_cast<int>(flags & (O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_APPEND));
   return value_or_err(g_fs.open(path, keep, static_cast<uint32_t>(mode & 07777)));
 }
@@ -140,6 +203,9 @@ void fs_master_init() {
 }
 
 void fs_child_start() {
+  // The parent's directory descriptors hold the parent's memory: a child
+  // forgets them (never frees them) and starts with none.
+  for (DirFd& d : g_dirs) d = DirFd{};
   if (g_ready) g_fs.begin_child();
 }
 
@@ -178,6 +244,24 @@ bool fs_emulate(long nr, const long a[6], long* result) {
   auto s = [&](int i) { return reinterpret_cast<const char*>(a[i]); };
   auto fd = [&](int i) { return a[i] >= fs::kFirstFd; };
   long r;
+  if (DirFd* d = dir_of(a[0])) {  // a directory descriptor
+    switch (nr) {
+      case SYS_getdents64: *result = getdents(d, reinterpret_cast<char*>(a[1]), a[2]); return true;
+      case SYS_close: *result = close_dir(d); return true;
+      case SYS_fstat: case SYS_newfstatat: {
+        struct stat* out = reinterpret_cast<struct stat*>(nr == SYS_fstat ? a[1] : a[2]);
+        memset(out, 0, sizeof *out);
+        out->st_mode = S_IFDIR | 0755;
+        out->st_ino = d->ino;
+        out->st_blksize = 4096;
+        *result = 0;
+        return true;
+      }
+      case SYS_lseek: if (a[1] == 0 && a[2] == SEEK_SET) d->pos = 0; *result = 0; return true;
+      case SYS_fcntl: *result = 0; return true;
+      default: return false;
+    }
+  }
   switch (nr) {
     case SYS_open: r = do_open(s(0), a[1], a[2]); break;
     case SYS_openat: if (!at_ok(a[0], s(1))) return false; r = do_open(s(1), a[2], a[3]); break;
