@@ -342,6 +342,12 @@ void damaging_args(long nr, long a[6]) {
 
 bool is_uprobe_call(long nr) { return nr == 335 || nr == 336; }
 
+#ifdef DETUX_SANITIZED
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+
 constexpr int kBatch = 16;
 long g_call[kBatch][7];  // nr, then six arguments; child i uses row i
 
@@ -359,7 +365,8 @@ TEST(EveryLinuxSyscall, FaultsTheSpaceWithItsNumberAndChangesNothing) {
     g_remote_iov = {const_cast<uint64_t*>(&g_canary), sizeof g_canary};
     std::vector<long> nrs;
     for (long nr = 0; nr <= 470; ++nr)
-      if (nr != SYS_exit && nr != SYS_exit_group && nr != SYS_rt_sigreturn && !is_uprobe_call(nr))
+      if (nr != SYS_exit && nr != SYS_exit_group && nr != SYS_rt_sigreturn && !is_uprobe_call(nr) &&
+          !(kSanitized && detux::confine::is_emulated_call(nr)))  // their emulation allocates
         nrs.push_back(nr);
     std::string bad;
     int faulted = 0, emulated = 0;
@@ -397,7 +404,8 @@ TEST(EveryLinuxSyscall, FaultsTheSpaceWithItsNumberAndChangesNothing) {
     master_still_works(out);
   });
   note(out);
-  EXPECT_EQ(out, "faulted 437 emulated 29 master-ok");  // file calls reach the space's own FS
+  if (kSanitized) EXPECT_EQ(out, "faulted 433 emulated 0 master-ok");
+  else EXPECT_EQ(out, "faulted 437 emulated 29 master-ok");  // file calls reach the space's own FS
 }
 
 // rt_sigreturn is let through (it ends the runtime's SIGSYS handler).  Made
@@ -782,6 +790,7 @@ TEST(TrappedInstructions, RdtscRdtscpAndCpuidAreDeterministic) {
 // /proc is not there.
 long g_open_result[3];
 TEST(RawSyscalls, OpeningProcFindsOnlyTheSpacesOwnFileSystem) {
+  NEEDS_DETUX_MALLOC();  // the file system's code allocates
   std::string out = twice([](std::string& out) {
     static char path[64];
     static long s_pid;

@@ -305,6 +305,7 @@ TEST(Console, SpacesReadStandardInputFromTheMasterAtAnyDepth) {
 }
 
 TEST(Emulation, ACallNeitherTheConsoleNorTheFileSystemTakesFaultsWithItsNumber) {
+  NEEDS_DETUX_MALLOC();
   std::string out = twice([](std::string& out) {
     if (dfork(0) == 0) {
       g_values[0] = syscall(SYS_write, 7, "x", 1) < 0 ? errno : 0;  // no such file: EBADF
