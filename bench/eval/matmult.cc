@@ -9,10 +9,10 @@
 // so siblings write different bytes of the same pages, which the byte-wise
 // merge accepts.  Check: the whole product against a sequential one for
 // n <= 256, else 256 entries chosen by the PRNG, each computed directly.
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <vector>
 
 #include "common.h"
 
@@ -27,18 +27,24 @@ struct Job {
   long n, row0, col0, side;
 };
 
-// One block of C: rows [row0, row0+side), columns [col0, col0+side).
+// One block of C: rows [row0, row0+side), columns [col0, col0+side), a
+// strip of at most kStrip columns at a time, summed on the stack: a child
+// that allocated would make every later join scan more heap.
+constexpr long kStrip = 256;
 void block(void* p) {
   const Job& j = *static_cast<Job*>(p);
-  std::vector<int32_t> acc(j.side);
-  for (long i = j.row0; i < j.row0 + j.side; ++i) {
-    std::fill(acc.begin(), acc.end(), 0);
-    for (long k = 0; k < j.n; ++k) {
-      const int32_t aik = j.a[i * j.n + k];
-      const int32_t* brow = j.b + k * j.n + j.col0;
-      for (long x = 0; x < j.side; ++x) acc[x] += aik * brow[x];
+  int32_t acc[kStrip];
+  for (long c0 = j.col0; c0 < j.col0 + j.side; c0 += kStrip) {
+    const long w = std::min(kStrip, j.col0 + j.side - c0);
+    for (long i = j.row0; i < j.row0 + j.side; ++i) {
+      std::fill(acc, acc + w, 0);
+      for (long k = 0; k < j.n; ++k) {
+        const int32_t aik = j.a[i * j.n + k];
+        const int32_t* brow = j.b + k * j.n + c0;
+        for (long x = 0; x < w; ++x) acc[x] += aik * brow[x];
+      }
+      std::memcpy(j.c + i * j.n + c0, acc, w * sizeof(int32_t));
     }
-    std::memcpy(j.c + i * j.n + j.col0, acc.data(), j.side * sizeof(int32_t));
   }
 }
 

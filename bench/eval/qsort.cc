@@ -18,7 +18,7 @@
 
 namespace {
 
-constexpr long kSerialBelow = 4096;  // parts this small are not worth a fork
+constexpr long kSerialBelow = 16;  // the thesis forks even for 1K keys: so do we
 
 struct Part {
   uint32_t* a;
