@@ -43,7 +43,7 @@ if [ "$mode" = quick ]; then
   plan=(md5:4:4 md5:5:1
         qsort:1000:20 qsort:1000000:2 qsort:10000000:1
         matmult:16:20 matmult:128:5 matmult:512:1 matmult:1024:1
-        lu:16:2 lu:128:2 lu:512:1 lu:2048:1)
+        lu:16:1 lu:128:1 lu:512:1 lu:2048:1)
   case_runs=30
 else
   repeats=${repeats:-3}
