@@ -115,13 +115,23 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--fs", fs_image,
                       "the spaces' file system: load IMAGE at start (if it exists), save it at exit");
   run_cmd->add_option("--env", extra, "add VAR=VALUE to the fixed environment");
-  run_cmd->add_option("command", cmd, "PROGRAM ARGS...")->required();
+  // One positional only: with a list, CLI11 gave the program's own
+  // arguments that follow its options ("--size 4") to the list out of order.
+  std::string program;
+  run_cmd->add_option("program", program, "PROGRAM (its arguments follow)")->required();
   run_cmd->prefix_command();  // everything after PROGRAM belongs to it
   auto* fs_cmd = add_fs_command(app);
   CLI11_PARSE(app, argc, argv);
   if (fs_cmd->parsed()) return run_fs_command();
   if (run_cmd->parsed()) {
-    for (const auto& r : run_cmd->remaining()) cmd.push_back(r);
+    cmd.push_back(program);
+    std::vector<std::string> rest = run_cmd->remaining();
+    // `detux run -- PROGRAM ARGS`: CLI11 passes the "--" on; it is ours.
+    bool dashes_first = false;
+    for (int i = 1; i < argc && program != argv[i]; ++i)
+      if (std::strcmp(argv[i], "--") == 0) dashes_first = true;
+    if (dashes_first && !rest.empty() && rest.front() == "--") rest.erase(rest.begin());
+    for (const auto& r : rest) cmd.push_back(r);
     if (!fs_image.empty()) {
       std::error_code ec;
       auto abs = std::filesystem::absolute(fs_image, ec);
