@@ -87,23 +87,31 @@ int find_segments(dl_phdr_info* info, size_t, void* out) {
 // The heap extents of this space's live children.  In libdetux's own data,
 // never in the heap: a child starts with an empty table of its own and must
 // not write into its parent's.
+// A record counts only if it carries this space's generation: a new child
+// bumps the generation instead of clearing the table, which would copy
+// every page of it.
 struct ChildRec {
   det_child_t id;
   Extent extent;
-  bool used = false, merged = false;
+  uint64_t gen = 0;  // 0: never used
+  bool merged = false;
 };
 constexpr size_t kMaxRecs = 4096;
 ChildRec g_recs[kMaxRecs];
+uint64_t g_gen = 1;
+
+bool live(const ChildRec& r) { return r.gen == g_gen; }
 
 ChildRec* find_rec(det_child_t id, bool make) {
   size_t h = (id * 0x9E3779B97F4A7C15ULL) >> 52;  // 12 bits
   for (size_t i = 0; i < kMaxRecs; ++i) {
     ChildRec& r = g_recs[(h + i) % kMaxRecs];
-    if (r.used && r.id == id) return &r;
-    if (!r.used && make) {
-      r = ChildRec{id, {}, true, false};
+    if (live(r) && r.id == id) return &r;
+    if (!live(r) && make) {
+      r = ChildRec{id, {}, g_gen, false};
       return &r;
     }
+    if (!live(r)) return nullptr;
   }
   return nullptr;
 }
@@ -111,10 +119,10 @@ ChildRec* find_rec(det_child_t id, bool make) {
 // Removes the record (backward-shift deletion keeps probing correct).
 void drop_rec(ChildRec* r) {
   size_t i = static_cast<size_t>(r - g_recs);
-  g_recs[i].used = false;
-  for (size_t j = (i + 1) % kMaxRecs; g_recs[j].used; j = (j + 1) % kMaxRecs) {
+  g_recs[i].gen = 0;
+  for (size_t j = (i + 1) % kMaxRecs; live(g_recs[j]); j = (j + 1) % kMaxRecs) {
     ChildRec moved = g_recs[j];
-    g_recs[j].used = false;
+    g_recs[j].gen = 0;
     *find_rec(moved.id, true) = moved;
   }
 }
@@ -147,7 +155,7 @@ ForkPlan fork_prepare(unsigned long flags) {
 }
 
 void fork_child(const ForkPlan& plan, det_child_t self) {
-  for (ChildRec& r : g_recs) r.used = false;
+  ++g_gen;  // the parent's records are not this space's
   rt_child_start(self, plan.extent, plan.parent_in_space);
 }
 
