@@ -40,7 +40,9 @@ Result<Fs> Fs::format(void* base, size_t size, FormatOptions opt) {
                                1ull << 31);
   Geometry g = geometry(nblocks, ninodes);
   if (g.data_start + 4 > nblocks) return Err{-ENOSPC};
-  std::memset(base, 0, g.data_start * kBlockSize);
+  // A region fresh from mmap is zero already: touching it would only fill
+  // memory (16 MB of inode table for 64 GiB) that every fork then copies.
+  if (!opt.region_is_zero) std::memset(base, 0, g.data_start * kBlockSize);
   Fs fs;
   fs.base_ = base;
   fs.size_ = size;

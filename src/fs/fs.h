@@ -74,6 +74,7 @@ struct JoinReport {
 
 struct FormatOptions {
   uint32_t ninodes = 0;  // 0: one inode per 8 blocks (at least 64)
+  bool region_is_zero = false;  // the caller guarantees zeros (fresh mmap): not cleared again
 };
 
 struct FsckReport {

@@ -185,6 +185,7 @@ void fs_master_init() {
   } else {
     fs::FormatOptions opt;
     opt.ninodes = 1 << 16;
+    opt.region_is_zero = true;  // just mapped
     auto r = fs::Fs::format(region(), kFsSize, opt);
     if (!r.ok()) return;
     g_fs = *r;
