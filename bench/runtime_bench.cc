@@ -43,6 +43,26 @@ double now_s() {
 
 std::map<std::string, double> g_us;  // figure name -> microseconds
 
+// Times `run` (which returns the seconds it took) on every iteration and
+// records the mean, divided by `per`, under `name` in microseconds.
+template <typename F>
+void timed(benchmark::State& state, const std::string& name, double per, F run) {
+  double total = 0;
+  for (auto _ : state) {
+    double dt = run();
+    total += dt;
+    state.SetIterationTime(dt > 0 ? dt : 1e-9);
+  }
+  g_us[name] = total / static_cast<double>(state.iterations()) / per * 1e6;
+}
+
+template <typename F>
+double wall(F f) {
+  double t0 = now_s();
+  f();
+  return now_s() - t0;
+}
+
 // ---- 1. Barrier -------------------------------------------------------------
 
 constexpr int kThreads = 2, kRounds = 20;
@@ -66,18 +86,15 @@ void detux_body(void* arg) {
 void BM_Barrier_Detux(benchmark::State& state) {
   g_pages = static_cast<int>(state.range(0));
   g_shared = static_cast<char*>(calloc(kThreads * 256, kPage));
-  double total = 0;
-  for (auto _ : state) {
-    double t0 = now_s();
-    for (long t = 0; t < kThreads; ++t) det_thread_start(t, detux_body, reinterpret_cast<void*>(t));
-    if (det_group_join(0, kThreads, nullptr, nullptr) != 0) state.SkipWithError("group join failed");
-    double dt = now_s() - t0;
-    total += dt;
-    state.SetIterationTime(dt);
-  }
+  timed(state, "barrier detux K=" + std::to_string(g_pages), kRounds, [&] {
+    return wall([&] {
+      for (long t = 0; t < kThreads; ++t)
+        det_thread_start(t, detux_body, reinterpret_cast<void*>(t));
+      if (det_group_join(0, kThreads, nullptr, nullptr) != 0)
+        state.SkipWithError("group join failed");
+    });
+  });
   free(g_shared);
-  g_us["barrier detux K=" + std::to_string(g_pages)] =
-      total / static_cast<double>(state.iterations()) / kRounds * 1e6;
 }
 
 pthread_barrier_t g_pbar;
@@ -93,22 +110,17 @@ void* pthread_body(void* arg) {
 void BM_Barrier_Pthreads(benchmark::State& state) {
   g_pages = static_cast<int>(state.range(0));
   g_shared = static_cast<char*>(calloc(kThreads * 256, kPage));
-  double total = 0;
-  for (auto _ : state) {
-    double t0 = now_s();
-    pthread_barrier_init(&g_pbar, nullptr, kThreads);
-    pthread_t t[kThreads];
-    for (long i = 0; i < kThreads; ++i)
-      pthread_create(&t[i], nullptr, pthread_body, reinterpret_cast<void*>(i));
-    for (pthread_t& x : t) pthread_join(x, nullptr);
-    pthread_barrier_destroy(&g_pbar);
-    double dt = now_s() - t0;
-    total += dt;
-    state.SetIterationTime(dt);
-  }
+  timed(state, "barrier pthreads K=" + std::to_string(g_pages), kRounds, [] {
+    return wall([] {
+      pthread_barrier_init(&g_pbar, nullptr, kThreads);
+      pthread_t t[kThreads];
+      for (long i = 0; i < kThreads; ++i)
+        pthread_create(&t[i], nullptr, pthread_body, reinterpret_cast<void*>(i));
+      for (pthread_t& x : t) pthread_join(x, nullptr);
+      pthread_barrier_destroy(&g_pbar);
+    });
+  });
   free(g_shared);
-  g_us["barrier pthreads K=" + std::to_string(g_pages)] =
-      total / static_cast<double>(state.iterations()) / kRounds * 1e6;
 }
 
 // ---- 2. malloc/free ----------------------------------------------------------
@@ -137,26 +149,6 @@ void mix(long ops, Alloc alloc, Free release) {
   for (void*& p : g_live)
     if (p) release(p), p = nullptr;
   g_sink = checksum;
-}
-
-// Times `run` (which returns the seconds it took) on every iteration and
-// records the mean, divided by `per`, under `name` in microseconds.
-template <typename F>
-void timed(benchmark::State& state, const std::string& name, double per, F run) {
-  double total = 0;
-  for (auto _ : state) {
-    double dt = run();
-    total += dt;
-    state.SetIterationTime(dt > 0 ? dt : 1e-9);
-  }
-  g_us[name] = total / static_cast<double>(state.iterations()) / per * 1e6;
-}
-
-template <typename F>
-double wall(F f) {
-  double t0 = now_s();
-  f();
-  return now_s() - t0;
 }
 
 void BM_Malloc_Glibc(benchmark::State& state) {

@@ -141,13 +141,17 @@ long console_supply(det_child_t child, const RtState& crt) {
 // parent had buffered is the parent's to print.  Input it had read ahead
 // came from the stream (when the parent is a space), so the child steps its
 // stream position back over it and reads those bytes again.
+// The input stream position steps back over what `f` read ahead.
+void step_back_over_read_ahead(FILE* f) {
+  if (f->_IO_read_end <= f->_IO_read_ptr) return;
+  uint64_t ahead = static_cast<uint64_t>(f->_IO_read_end - f->_IO_read_ptr);
+  g_rt.in.pos = g_rt.in.pos >= ahead ? g_rt.in.pos - ahead : 0;
+}
+
 void forget_buffer(FILE* f, bool input_from_stream) {
   constexpr int kUnbuffered = 0x0002, kUserBuf = 0x0001, kPutting = 0x0800;
   if (f->_flags & kUnbuffered) return;  // its one-byte buffer is inside the FILE
-  if (input_from_stream && f->_IO_read_end > f->_IO_read_ptr) {
-    uint64_t ahead = static_cast<uint64_t>(f->_IO_read_end - f->_IO_read_ptr);
-    g_rt.in.pos = g_rt.in.pos >= ahead ? g_rt.in.pos - ahead : 0;
-  }
+  if (input_from_stream) step_back_over_read_ahead(f);
   f->_IO_buf_base = f->_IO_buf_end = nullptr;
   f->_IO_read_base = f->_IO_read_ptr = f->_IO_read_end = nullptr;
   f->_IO_write_base = f->_IO_write_ptr = f->_IO_write_end = nullptr;
@@ -156,9 +160,8 @@ void forget_buffer(FILE* f, bool input_from_stream) {
 }
 
 void console_give_back_input() {
-  if (!g_in_space || stdin->_IO_read_end <= stdin->_IO_read_ptr) return;
-  uint64_t ahead = static_cast<uint64_t>(stdin->_IO_read_end - stdin->_IO_read_ptr);
-  g_rt.in.pos = g_rt.in.pos >= ahead ? g_rt.in.pos - ahead : 0;
+  if (!g_in_space) return;
+  step_back_over_read_ahead(stdin);
   stdin->_IO_read_end = stdin->_IO_read_ptr;
 }
 

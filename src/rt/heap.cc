@@ -334,12 +334,8 @@ void heap_child_start(Extent e) {
 // block must lie in the extent it was given, so a child that scribbled over
 // its own heap state cannot make the parent free or reuse anything else.
 // What fails the check is dropped (its address space is not reused).
-void heap_join(const HeapState& child, Extent e, bool merged) {
+void heap_join(const HeapState& child, Extent e) {
   Lock l(g_prog);
-  if (!merged) {
-    give_back(e.lo, e.hi, false);
-    return;
-  }
   auto inside = [&](uint64_t lo, uint64_t hi) { return lo >= e.lo && hi <= e.hi && lo <= hi; };
   for (int i = 0; i < child.nfree && i < kMaxIntervals; ++i)
     if (inside(child.free[i].lo, child.free[i].hi)) give_back(child.free[i].lo, child.free[i].hi, false);
@@ -358,6 +354,11 @@ void heap_join(const HeapState& child, Extent e, bool merged) {
   auto* list = reinterpret_cast<uint64_t*>(child.deferred);
   for (uint64_t i = 0; i < n; ++i) free_locked(reinterpret_cast<void*>(list[i]));
   free_locked(list);
+}
+
+void heap_give_back(Extent e) {
+  Lock l(g_prog);
+  give_back(e.lo, e.hi, false);
 }
 
 void heap_reserve() {

@@ -91,9 +91,12 @@ size_t heap_usable(const void* p);
 // child; the heap lock is not held across them).
 Extent heap_carve_child();                 // parent: the new child's extent
 void heap_child_start(Extent e);           // child: start a fresh heap in e
-// parent: after the join.  `merged` says whether the child's memory was
-// merged into the parent; `child` is the child's HeapState as it ended.
-void heap_join(const HeapState& child, Extent e, bool merged);
+// parent: after a join that merged the child's heap; `child` is the child's
+// HeapState as it ended, `e` the extent it was given.
+void heap_join(const HeapState& child, Extent e);
+// parent: the extent of a child whose heap never reached the parent (the
+// fork failed, the join did not merge, the child was killed unmerged).
+void heap_give_back(Extent e);
 void heap_set_limit(uint64_t bytes);
 // Reserve the program heap now (the master does, before any space exists).
 void heap_reserve();

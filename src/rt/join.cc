@@ -163,7 +163,7 @@ void fork_done(const ForkPlan& plan, det_child_t child, long r) {
   if (plan.extent.size() == 0) return;
   ChildRec* rec = r >= 0 ? find_rec(child, true) : nullptr;
   if (rec) rec->extent = plan.extent;
-  else heap_join(HeapState{}, plan.extent, false);  // failed, or no room to remember it
+  else heap_give_back(plan.extent);  // failed, or no room to remember it
 }
 
 void child_merged(det_child_t child) {
@@ -173,7 +173,7 @@ void child_merged(det_child_t child) {
 void child_killed(det_child_t child) {
   ChildRec* r = find_rec(child, false);
   if (!r) return;
-  if (!r->merged) heap_join(HeapState{}, r->extent, false);
+  if (!r->merged) heap_give_back(r->extent);
   drop_rec(r);
 }
 
@@ -226,10 +226,11 @@ int join_child(det_child_t child, bool merge_memory, det_status* out) {
     if (c > 0) g_fs_report = report;
     if (c < 0 && r == 0) r = c;
   }
-  HeapState ch;
-  if (heap_merged && dget(child, DET_COPY, &ch, sizeof ch, &heap_state()) < 0) ch = HeapState{};
   if (ChildRec* rec = find_rec(child, false)) drop_rec(rec);
-  heap_join(ch, crt.extent, heap_merged);
+  HeapState ch;
+  if (!heap_merged) heap_give_back(crt.extent);
+  else if (dget(child, DET_COPY, &ch, sizeof ch, &heap_state()) == 0) heap_join(ch, crt.extent);
+  // else: the child's heap state is unreadable; its extent stays used (not reused)
   if (out) *out = st;
   long k = dput(child, DET_KILL, nullptr, 0, nullptr);
   if (r == 0 && k < 0) r = k;
