@@ -22,9 +22,27 @@ enum Op : long {
   kOpPut = 1,
   kOpGet = 2,
   kOpRet = 3,
-  kOpBirth = 4,  // a new space created by the master reports for duty
+  kOpBirth = 4,  // a new space created by the master reports for duty; from
+                 // an exec'd program: addr, size = where it takes the carried
+                 // bytes, child_addr = its own detux_gadget
   kOpRefuse = 5, // the runtime's system call emulation refuses call `child`:
                  // the space faults as if the filter had refused it
+  kOpExec = 6,   // replace this space's program: an ExecRequest at addr
+};
+
+// What a space asks for with kOpExec.  Every pointer is in the space's own
+// memory.  The new program is a registered image (image_name, given to the
+// master with det_exec_register) or the bytes [image, image+image_len).  It
+// starts with argv and envp (NULL-terminated arrays of C strings) and, once
+// it has confined itself, receives `carry` (bytes the runtime passes to its
+// own next incarnation) and the pages of [keep, keep+keep_len) that the
+// space had populated, at the same addresses.
+struct ExecRequest {
+  uint64_t image_name = 0, image_name_len = 0;
+  uint64_t image = 0, image_len = 0;
+  uint64_t argv = 0, envp = 0;
+  uint64_t carry = 0, carry_len = 0;
+  uint64_t keep = 0, keep_len = 0;
 };
 
 // SECCOMP_RET_DATA values the filter attaches to a traced call.
@@ -32,6 +50,7 @@ enum SeccompData : uint16_t {
   kSeccompCall = 1,     // a detux call
   kSeccompBadArch = 2,  // int 0x80 (i386 ABI) or an x32 number
   kSeccompRefused = 3,  // any other Linux system call
+  kSeccompLoad = 4,     // any call of a program still loading (filter.h)
 };
 
 }  // namespace detux::abi

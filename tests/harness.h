@@ -10,6 +10,7 @@
 #include <detux/detux.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -88,6 +89,29 @@ inline std::string twice(const std::function<void(std::string&)>& scenario) {
   EXPECT_TRUE(b.ok()) << "status " << b.status << ": " << b.out;
   EXPECT_EQ(a.out, b.out) << "two runs differ";
   return a.out;
+}
+
+// Runs fn with fd 1 and 2 going to one memory file; returns what was written.
+template <typename F>
+inline std::string captured(F fn) {
+  fflush(nullptr);
+  int mem = memfd_create("out", 0);
+  int o = dup(1), e = dup(2);
+  dup2(mem, 1);
+  dup2(mem, 2);
+  fn();
+  fflush(nullptr);
+  dup2(o, 1);
+  dup2(e, 2);
+  close(o);
+  close(e);
+  std::string s;
+  char buf[4096];
+  ssize_t n;
+  lseek(mem, 0, SEEK_SET);
+  while ((n = read(mem, buf, sizeof buf)) > 0) s.append(buf, n);
+  close(mem);
+  return s;
 }
 
 // The runtime in spaces needs detux's malloc, which the sanitizer build

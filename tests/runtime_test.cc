@@ -21,29 +21,6 @@ using namespace detux::test;
 namespace {
 
 
-// Runs fn with fd 1 and 2 going to one memory file; returns what was written.
-template <typename F>
-std::string captured(F fn) {
-  fflush(nullptr);
-  int mem = memfd_create("out", 0);
-  int o = dup(1), e = dup(2);
-  dup2(mem, 1);
-  dup2(mem, 2);
-  fn();
-  fflush(nullptr);
-  dup2(o, 1);
-  dup2(e, 2);
-  close(o);
-  close(e);
-  std::string s;
-  char buf[4096];
-  ssize_t n;
-  lseek(mem, 0, SEEK_SET);
-  while ((n = read(mem, buf, sizeof buf)) > 0) s.append(buf, n);
-  close(mem);
-  return s;
-}
-
 std::string hex(const void* p) {
   char b[32];
   snprintf(b, sizeof b, "%p", p);

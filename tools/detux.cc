@@ -1,6 +1,6 @@
 // detux: the command-line tool.
 //
-//   detux run [--trace] PROGRAM ARGS...
+//   detux run [--trace] [--fs IMAGE] [--image NAME=PATH]... PROGRAM ARGS...
 //   detux fs mkfs|ls|cat|put|get|mkdir|rm|fsck|mount IMAGE ...   (fs_cmd.cc)
 //
 // starts PROGRAM as a master in a fixed environment, so that a deterministic
@@ -29,12 +29,11 @@
 #include <vector>
 
 #include "fs_cmd.h"
+#include "util/fixed.h"
 
 namespace {
 
-// The AT_RANDOM bytes every run gets.
-constexpr unsigned char kFixedRandom[16] = {0x00, 0x12, 0x23, 0x34, 0x45, 0x56, 0x67, 0x78,
-                                            0x89, 0x9a, 0xab, 0xbc, 0xcd, 0xde, 0xef, 0xf0};
+using detux::kFixedRandom;
 
 std::vector<std::string> fixed_env(bool trace, const std::vector<std::string>& extra) {
   std::vector<std::string> env = {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/", "LANG=C",
@@ -115,6 +114,8 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--fs", fs_image,
                       "the spaces' file system: load IMAGE at start (if it exists), save it at exit");
   run_cmd->add_option("--env", extra, "add VAR=VALUE to the fixed environment");
+  std::vector<std::string> images;
+  run_cmd->add_option("--image", images, "let spaces exec the program at PATH by NAME (NAME=PATH)");
   // One positional only: with a list, CLI11 gave the program's own
   // arguments that follow its options ("--size 4") to the list out of order.
   std::string program;
@@ -132,6 +133,18 @@ int main(int argc, char** argv) {
       if (std::strcmp(argv[i], "--") == 0) dashes_first = true;
     if (dashes_first && !rest.empty() && rest.front() == "--") rest.erase(rest.begin());
     for (const auto& r : rest) cmd.push_back(r);
+    std::string list;
+    for (const auto& im : images) {
+      size_t eq = im.find('=');
+      if (eq == std::string::npos || eq == 0 || im.find(':') != std::string::npos) {
+        std::fprintf(stderr, "detux: --image wants NAME=PATH (no ':'), not %s\n", im.c_str());
+        return 2;
+      }
+      std::error_code ec;
+      auto abs = std::filesystem::absolute(im.substr(eq + 1), ec);
+      list += (list.empty() ? "" : ":") + im.substr(0, eq + 1) + (ec ? im.substr(eq + 1) : abs.string());
+    }
+    if (!list.empty()) extra.push_back("DETUX_IMAGES=" + list);
     if (!fs_image.empty()) {
       std::error_code ec;
       auto abs = std::filesystem::absolute(fs_image, ec);

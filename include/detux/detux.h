@@ -252,6 +252,26 @@ int det_fs_load(const char *image, char *why, size_t why_len);
 /* The paths the last join or wait marked conflicted, one per line. */
 const char *det_fs_conflicts(void);
 
+/* ---- Processes ----------------------------------------------------------
+ * In a space, fork(), wait(), waitpid() and exit() work as in Determinator:
+ * a process is a child space that never merges memory, numbered by the
+ * lowest free id from 1; waitpid(-1) waits for the lowest-numbered child;
+ * WNOHANG is ignored.  execve() and its family (execv, execvp, execvpe,
+ * execl, execlp, execle) replace the space's program with a detux program
+ * image: the regular file at `path` in the space's file system if there is
+ * one, else the image the master registered under the name `path`.  The
+ * space keeps its id and parent; its children are killed; standard input
+ * goes on where the old program stopped; its file system and open files
+ * are kept; stdio is flushed first.  Errors: ENOENT (no such image),
+ * ENOEXEC (not an x86-64 ELF executable), E2BIG, EFAULT.  An image that is
+ * not linked with libdetux runs supervised until it faults (any system
+ * call a dynamic loader would not make) or exits.  The master's own fork
+ * and exec are Linux's. */
+/* Master: let spaces exec the program at host path `path` by `name` (its
+ * bytes are read now; later changes to the file do not matter).  `detux run
+ * --image NAME=PATH` does this at start.  0, -ENOEXEC, or -errno. */
+int det_exec_register(const char *name, const char *path);
+
 /* ---- Master only -------------------------------------------------------- */
 /* Become master explicitly (the first detux call does it implicitly).
  * Returns 0, or -DET_ENOTSPACE in a space. */

@@ -38,12 +38,13 @@ constexpr uint32_t trace(uint16_t data) { return SECCOMP_RET_TRACE | data; }
 
 // The policy of filter.h written out directly, for the self-check.  Defined
 // for every input the self-check feeds it (see check_policy).
-uint32_t policy(const seccomp_data& d) {
+uint32_t policy(const seccomp_data& d, bool load) {
   if (d.arch != AUDIT_ARCH_X86_64) return trace(abi::kSeccompBadArch);
   const uint32_t nr = static_cast<uint32_t>(d.nr);
   if (nr & kX32Bit) return trace(abi::kSeccompBadArch);
-  if (nr == static_cast<uint32_t>(abi::kSyscallNr)) return trace(abi::kSeccompCall);
   if (nr == __NR_exit || nr == __NR_exit_group || nr == __NR_rt_sigreturn) return SECCOMP_RET_ALLOW;
+  if (load) return trace(abi::kSeccompLoad);
+  if (nr == static_cast<uint32_t>(abi::kSyscallNr)) return trace(abi::kSeccompCall);
   if (is_emulated_call(nr)) return SECCOMP_RET_TRAP;
   return trace(abi::kSeccompRefused);
 }
@@ -54,14 +55,14 @@ uint32_t policy(const seccomp_data& d) {
 // must NOT be allowed).  Numbers with bit 31 set are left out: the policy
 // does not care how they are sorted as long as they are never allowed, and
 // nr == -1 (libseccomp sends it to the default action) is checked for that.
-void check_policy(const std::vector<sock_filter>& prog) {
+void check_policy(const std::vector<sock_filter>& prog, bool load) {
   auto expect = [&](uint32_t arch, uint32_t nr) {
     seccomp_data d{};
     d.arch = arch;
     d.nr = static_cast<int>(nr);
     d.instruction_pointer = 0x401000;
     for (int i = 0; i < 6; ++i) d.args[i] = 0x1111111111111111ULL * (i + 1);
-    const uint32_t want = policy(d), got = evaluate_filter(prog, d);
+    const uint32_t want = policy(d, load), got = evaluate_filter(prog, d);
     if (got != want) {
       throw std::runtime_error(
           "detux: exported seccomp filter breaks the space policy: arch " +
@@ -85,7 +86,8 @@ void check_policy(const std::vector<sock_filter>& prog) {
   minus_one.arch = AUDIT_ARCH_X86_64;
   minus_one.nr = -1;
   const uint32_t got = evaluate_filter(prog, minus_one);
-  if (got != trace(abi::kSeccompRefused) && got != trace(abi::kSeccompBadArch)) {
+  if (got != trace(load ? abi::kSeccompLoad : abi::kSeccompRefused) &&
+      got != trace(abi::kSeccompBadArch)) {
     throw std::runtime_error("detux: exported seccomp filter mishandles nr -1");
   }
 }
@@ -107,20 +109,25 @@ struct Fd {
 
 }  // namespace
 
-std::vector<sock_filter> build_space_filter() {
+namespace {
+
+std::vector<sock_filter> build_filter(bool load) {
   if (seccomp_arch_native() != SCMP_ARCH_X86_64) {
     throw std::runtime_error("detux: libseccomp native arch is not x86_64");
   }
-  // Default: everything not named below is a refused Linux call.
-  std::unique_ptr<void, CtxDeleter> ctx(seccomp_init(trace(abi::kSeccompRefused)));
+  // Default: everything not named below is a refused Linux call (or, while
+  // loading, a call the supervisor vets).
+  std::unique_ptr<void, CtxDeleter> ctx(
+      seccomp_init(trace(load ? abi::kSeccompLoad : abi::kSeccompRefused)));
   if (!ctx) throw std::runtime_error("detux: seccomp_init failed");
   // Any arch other than the filter's single arch (x86_64): i386 via int 0x80.
   check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_ACT_BADARCH, trace(abi::kSeccompBadArch)),
         "seccomp_attr_set(ACT_BADARCH)");
   // _exact: the number is taken as-is on the native arch, no translation.
-  check(seccomp_rule_add_exact(ctx.get(), trace(abi::kSeccompCall),
-                               static_cast<int>(abi::kSyscallNr), 0),
-        "seccomp_rule_add(detux call)");
+  if (!load)
+    check(seccomp_rule_add_exact(ctx.get(), trace(abi::kSeccompCall),
+                                 static_cast<int>(abi::kSyscallNr), 0),
+          "seccomp_rule_add(detux call)");
   check(seccomp_rule_add_exact(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(exit), 0),
         "seccomp_rule_add(exit)");
   check(seccomp_rule_add_exact(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(exit_group), 0),
@@ -128,7 +135,8 @@ std::vector<sock_filter> build_space_filter() {
   check(seccomp_rule_add_exact(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(rt_sigreturn), 0),
         "seccomp_rule_add(rt_sigreturn)");
   for (int nr : kEmulatedCalls)
-    check(seccomp_rule_add_exact(ctx.get(), SCMP_ACT_TRAP, nr, 0), "seccomp_rule_add(emulated)");
+    if (!load)
+      check(seccomp_rule_add_exact(ctx.get(), SCMP_ACT_TRAP, nr, 0), "seccomp_rule_add(emulated)");
   // x32 numbers: no rule needed, libseccomp routes nr >= 0x40000000 (except
   // -1) to the bad-arch action when x32 is not in the filter; check_policy
   // below verifies it.
@@ -153,9 +161,14 @@ std::vector<sock_filter> build_space_filter() {
     if (n <= 0) throw std::system_error(n < 0 ? errno : EIO, std::generic_category(), "pread");
     done += static_cast<size_t>(n);
   }
-  check_policy(prog);
+  check_policy(prog, load);
   return prog;
 }
+
+}  // namespace
+
+std::vector<sock_filter> build_space_filter() { return build_filter(false); }
+std::vector<sock_filter> build_load_filter() { return build_filter(true); }
 
 long install_filter(const std::vector<sock_filter>& prog) {
   // No allocation, no locks, no libc state beyond errno: this runs between

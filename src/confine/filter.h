@@ -78,6 +78,18 @@ bool is_emulated_call(long nr);
 // exported program does not implement the policy.
 std::vector<sock_filter> build_space_filter();
 
+// The filter a new program image loads under (exec in a space, see
+// ptrace/exec.cc): the same arch checks, exit, exit_group and rt_sigreturn
+// allowed, and every other call, the detux call included, sent to the tracer
+// as TRACE | abi::kSeccompLoad, where the supervisor lets through only what
+// the dynamic loader needs.  The program's runtime then stacks the space
+// filter on top.  Stacked filters all run, the strictest action wins, and
+// between equal actions the newer filter's data does: so once the space
+// filter is on, it decides every call, except that whatever it allows is
+// still TRACEd as kSeccompLoad by this one, which the supervisor refuses
+// from a space that has finished loading.
+std::vector<sock_filter> build_load_filter();
+
 // Installs `prog` as the calling thread's seccomp filter: PR_SET_NO_NEW_PRIVS
 // and then the raw seccomp(SECCOMP_SET_MODE_FILTER) system call.  Returns 0,
 // or -errno (-EINVAL for an empty program or one longer than BPF_MAXINSNS).

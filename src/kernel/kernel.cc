@@ -60,7 +60,8 @@ long Kernel::master_call(const Call& c) {
 // ---- Calls ----------------------------------------------------------------
 
 long Kernel::call(Space& caller, const Call& c) {
-  bool known = c.op == abi::kOpPut || c.op == abi::kOpGet || c.op == abi::kOpRet;
+  bool known = c.op == abi::kOpPut || c.op == abi::kOpGet || c.op == abi::kOpRet ||
+               (c.op == abi::kOpExec && !caller.is_master);
   if (!known || (c.flags & ~kAllFlags)) {
     if (caller.is_master) return -EINVAL;
     fault(caller, DET_FAULT_BADCALL, 0, 0, 0);
@@ -69,6 +70,7 @@ long Kernel::call(Space& caller, const Call& c) {
   if ((c.flags & DET_DONT_WAIT) && !caller.is_master) return -EPERM;
   long r;
   if (c.op == abi::kOpRet) r = ret(caller);
+  else if (c.op == abi::kOpExec) r = c.flags ? -EINVAL : exec(caller, c);
   else if (c.child > DET_CHILD_MAX) r = -EINVAL;
   else r = c.op == abi::kOpPut ? put(caller, c) : get(caller, c);
   if (trace_ && c.op != abi::kOpRet) log_call(caller, c, r);
@@ -277,6 +279,11 @@ void Kernel::handle(const StopEvent& ev) {
   Space& s = *it->second;
   switch (ev.kind) {
     case StopEvent::kCall: {
+      if (s.exec) {  // a new program: its first call must be kOpBirth
+        if (ev.op == abi::kOpBirth) exec_arrived(s, ev);
+        else fault(s, DET_FAULT_BADCALL, 0, 0, 0);
+        return;
+      }
       if (ev.op == abi::kOpBirth) {  // only the master's fork path makes these
         fault(s, DET_FAULT_BADCALL, 0, 0, 0);
         return;
@@ -298,6 +305,7 @@ void Kernel::handle(const StopEvent& ev) {
       s.run = Space::Run::kExited;
       s.status.state = DET_S_EXITED;
       s.status.exit_code = ev.exit_code;
+      s.exec.reset();
       forget_subtree(s);
       on_stop(s);
       return;
@@ -318,6 +326,7 @@ void Kernel::fault(Space& s, int kind, int signal, uint64_t addr, int64_t syscal
   s.status.addr = addr;
   s.status.syscall = syscall;
   s.pending.reset();
+  s.exec.reset();
   on_stop(s);
 }
 

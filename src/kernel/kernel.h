@@ -11,6 +11,8 @@
 #pragma once
 
 #include <csignal>
+#include <map>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -31,6 +33,8 @@ class Kernel {
   void set_allowed_signals(const sigset_t* set);
   Status set_limits(const det_limits& limits);
   void set_trace(bool on) { trace_ = on; }
+  // A program image spaces may exec by `name` (kernel/exec.cc).
+  Status register_image(const std::string& name, std::vector<uint8_t> image);
 
  private:
   static constexpr long kBlocked = 1L << 62;  // the caller waits; no result yet
@@ -42,6 +46,11 @@ class Kernel {
   long act_on_stopped(Space& caller, Space& child, const Call& c);
   long do_put(Space& caller, Space& child, const Call& c);
   long do_get(Space& caller, Space& child, const Call& c);
+
+  // exec.cc
+  long exec(Space& s, const Call& c);
+  Result<std::vector<std::string>> read_strings(Space& s, uint64_t array);
+  void exec_arrived(Space& s, const StopEvent& ev);
 
   Result<Space*> create_child(Space& caller, det_child_t id, bool snapshot);
   void kill_child(Space& parent, det_child_t id);
@@ -79,6 +88,7 @@ class Kernel {
   bool have_allowed_ = false;
   long max_space_bytes_ = 16L << 30;
   bool trace_ = false;
+  std::map<std::string, std::vector<uint8_t>> images_;
 };
 
 }  // namespace detux

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "util/result.h"
@@ -118,6 +119,15 @@ class Machine {
   // Copy whole pages from one stopped space (or the master) to another at
   // the same addresses.
   virtual Status copy_pages(Proc* from, Proc* to, std::span<const uint64_t> pages) = 0;
+
+  // A new space running a new program: `image` (an ELF executable linked
+  // with libdetux) started with argv and envp, at fixed addresses, its
+  // loader supervised.  It runs at once; its first detux call is a kOpBirth
+  // once its runtime has confined it (addr, size: where it takes the state
+  // the kernel carries over).  -ENOEXEC if Linux cannot run the image.
+  virtual Result<Proc*> exec_space(std::span<const uint8_t> image,
+                                   const std::vector<std::string>& argv,
+                                   const std::vector<std::string>& envp) = 0;
 };
 
 }  // namespace detux

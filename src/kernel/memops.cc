@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "abi.h"
 #include "kernel/kernel.h"
 #include "merge/merge.h"
 
@@ -263,8 +264,10 @@ const char* space_name(const std::string& path) { return path.empty() ? "master"
 }  // namespace
 
 void Kernel::log_call(const Space& caller, const Call& c, long result) const {
-  const char* op = c.op == 1 ? "put" : c.op == 2 ? "get" : "ret";
-  std::string res = result == kBlocked ? std::string("(waits)") : std::to_string(result);
+  const char* op = c.op == abi::kOpPut ? "put" : c.op == abi::kOpGet ? "get"
+                 : c.op == abi::kOpExec ? "exec" : "ret";
+  std::string res = result == kBlocked ? std::string(c.op == abi::kOpExec ? "(loads)" : "(waits)")
+                                       : std::to_string(result);
   fmt::print(stderr, "detux: {} {}({}, {}, {:#x}+{}, {:#x}) = {}\n", space_name(caller.path), op,
              c.child, flag_names(c.flags), c.addr, c.size, c.child_addr, res);
 }

@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "kernel/machine.h"
 
@@ -23,6 +24,14 @@ struct Call {
   unsigned long child = 0;
   unsigned long flags = 0;
   uint64_t addr = 0, size = 0, child_addr = 0;
+};
+
+// What an exec carries from a space's old program to its new one, held by
+// the kernel while the new program loads (kernel/exec.cc).
+struct ExecCarry {
+  std::vector<uint8_t> carry;   // the runtime's bytes
+  std::vector<uint64_t> pages;  // kept pages (addresses) ...
+  std::vector<uint8_t> data;    // ... and their contents, 4096 bytes each
 };
 
 struct Space {
@@ -39,6 +48,8 @@ struct Space {
   det_status status{};  // fault, exit and conflict details
   // Set while this space waits in a Put or Get on a running child.
   std::optional<Call> pending;
+  // Set while its new program loads (between exec and its kOpBirth).
+  std::unique_ptr<ExecCarry> exec;
 
   long quota_free = 0;    // spaces it may still create (and hand out)
   long quota_given = 0;   // what its parent handed it

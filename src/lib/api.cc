@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "abi.h"
 #include "kernel/kernel.h"
@@ -38,6 +39,43 @@ sigjmp_buf* g_entry = nullptr;
 
 [[noreturn]] void child_entry() { siglongjmp(*g_entry, 1); }
 
+long register_image(const char* name, const char* path) {
+  std::vector<uint8_t> bytes;
+  if (FILE* f = fopen(path, "rb")) {
+    uint8_t buf[1 << 16];
+    for (size_t n; (n = fread(buf, 1, sizeof buf, f)) > 0;) bytes.insert(bytes.end(), buf, buf + n);
+    bool bad = ferror(f);
+    fclose(f);
+    if (bad) return -EIO;
+  } else {
+    return -errno;
+  }
+  detux::rt::SystemHeap system;
+  auto s = g_master->kernel.register_image(name, std::move(bytes));
+  return s.ok() ? 0 : s.err();
+}
+
+// `detux run --image NAME=PATH ...` passes DETUX_IMAGES=NAME=PATH:NAME=PATH.
+void register_images_from_env() {
+  const char* list = getenv("DETUX_IMAGES");
+  if (!list || !*list) return;
+  std::string all = list;
+  for (size_t at = 0; at <= all.size();) {
+    size_t end = all.find(':', at);
+    if (end == std::string::npos) end = all.size();
+    std::string item = all.substr(at, end - at);
+    size_t eq = item.find('=');
+    long r = eq == std::string::npos ? -EINVAL
+                                     : register_image(item.substr(0, eq).c_str(),
+                                                      item.substr(eq + 1).c_str());
+    if (r < 0) {
+      fprintf(stderr, "detux: cannot register image %s: %s\n", item.c_str(), strerror(-r));
+      exit(2);
+    }
+    at = end + 1;
+  }
+}
+
 long ensure_master() {
   if (detux::g_in_space) return -DET_ENOTSPACE;
   if (g_master) return 0;
@@ -48,6 +86,7 @@ long ensure_master() {
   detux::set_sigsys_handler(detux::rt::on_sigsys);
   const char* t = getenv("DETUX_TRACE");
   g_master->kernel.set_trace(t && *t && strcmp(t, "0") != 0);
+  register_images_from_env();
   return 0;
 }
 
@@ -139,6 +178,13 @@ int det_fs_load(const char* image, char* why, size_t why_len) {
 const char* det_fs_conflicts(void) { return detux::rt::last_fs_conflicts().c_str(); }
 
 int det_become_master(void) { return static_cast<int>(ensure_master()); }
+
+int det_exec_register(const char* name, const char* path) {
+  if (detux::g_in_space) return -DET_ENOTSPACE;
+  if (long r = ensure_master(); r < 0) return static_cast<int>(r);
+  if (!name || !path) return -EINVAL;
+  return static_cast<int>(register_image(name, path));
+}
 
 int det_is_master(void) { return detux::g_in_space ? 0 : 1; }
 

@@ -7,6 +7,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/personality.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
@@ -201,6 +202,49 @@ void space_birth(const BirthPlan& plan) {
   detux_trap(abi::kOpBirth, 0, 0, 0, 0, 0);
   plan.entry();
   __builtin_unreachable();
+}
+
+void exec_birth_helper(const ExecPlan& plan) {
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) die(120);
+  if (getppid() != plan.master_pid) die(120);
+  if (ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != 0) die(121);
+  syscall(SYS_kill, syscall(SYS_getpid), SIGSTOP);
+  if (setpgid(0, plan.pgid) != 0) die(122);
+  // The filter on fd 3 and the image on fd 4 (close-on-exec); nothing else.
+  int f = fcntl(plan.filter_fd, F_DUPFD, 100), i = fcntl(plan.image_fd, F_DUPFD, 100);
+  if (f < 0 || i < 0 || dup3(f, kExecFilterFd, 0) < 0 || dup3(i, 4, O_CLOEXEC) < 0) die(125);
+  syscall(SYS_close_range, 5, ~0U, 0);
+  syscall(SYS_close_range, 0, 2, 0);
+  if (personality(ADDR_NO_RANDOMIZE) < 0) die(123);
+  if (prctl(PR_SET_TSC, PR_TSC_SIGSEGV) != 0) die(123);
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die(124);
+  if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, plan.load_filter) != 0) die(124);
+  syscall(SYS_execveat, 4, "", plan.argv, plan.envp, AT_EMPTY_PATH);
+  die(127);  // not an image Linux can run
+}
+
+long exec_birth(void (*sigsys)(int, siginfo_t*, void*), void* carry, size_t cap) {
+  static sock_filter prog[BPF_MAXINSNS];
+  size_t got = 0;
+  for (;;) {
+    ssize_t r = pread(kExecFilterFd, reinterpret_cast<char*>(prog) + got, sizeof prog - got,
+                      static_cast<off_t>(got));
+    if (r < 0) die(125);
+    if (r == 0) break;
+    got += static_cast<size_t>(r);
+  }
+  if (got == 0 || got % sizeof(sock_filter) != 0) die(125);
+  sock_fprog fprog{static_cast<unsigned short>(got / sizeof(sock_filter)), prog};
+  sanitize_mappings(0);  // the supervisor took the vDSO away already
+  syscall(SYS_close_range, 0, ~0U, 0);
+  if (prctl(PR_SET_TSC, PR_TSC_SIGSEGV) != 0) die(123);
+  if (syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) != 0) die(123);
+  install_sigsys(sigsys);
+  g_in_space = 1;
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die(124);
+  if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fprog) != 0) die(124);
+  return detux_trap(abi::kOpBirth, 0, 0, reinterpret_cast<long>(carry), static_cast<long>(cap),
+                    reinterpret_cast<long>(&detux_gadget));
 }
 
 }  // namespace detux

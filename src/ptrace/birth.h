@@ -37,6 +37,33 @@ struct BirthPlan {
 // Runs in the child; never returns.
 [[noreturn]] void space_birth(const BirthPlan& plan);
 
+// Exec in a space (ptrace/exec.cc): a fresh child of the master that will
+// run a new program image.  Before execve it asks to be traced and stops,
+// joins the spaces' group, keeps only the space filter (as fd 3, for the
+// new program's runtime to install) and the image (fd 4), turns address
+// randomisation off, makes rdtsc fault, and installs the load filter
+// (confine/filter.h), so that not one instruction of the image runs
+// unsupervised.
+struct ExecPlan {
+  const sock_fprog* load_filter = nullptr;
+  pid_t master_pid = 0;
+  pid_t pgid = 0;
+  int filter_fd = -1, image_fd = -1;
+  char* const* argv = nullptr;
+  char* const* envp = nullptr;
+};
+[[noreturn]] void exec_birth_helper(const ExecPlan& plan);
+
+// In the new program, from its runtime's constructor: finish the
+// confinement (private mappings, no descriptors, cpuid faulting, the SIGSYS
+// handler, the space filter read from fd 3) and report with kOpBirth,
+// offering [carry, carry+cap) for what the old program passed on.  Returns
+// that call's result: the number of carried bytes, or a negative error.
+long exec_birth(void (*sigsys)(int, siginfo_t*, void*), void* carry, size_t cap);
+
+// The descriptor the space filter reaches a new program on.
+inline constexpr int kExecFilterFd = 3;
+
 // Set in every space, clear in the master.
 extern volatile int g_in_space;
 

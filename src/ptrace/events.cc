@@ -128,7 +128,11 @@ bool PtraceMachine::decode(pid_t pid, int st, StopEvent* ev) {
     if (fetch_regs(p).ok() == false) return false;
     p->stop = StopKind::kSyscall;
     const user_regs_struct& r = p->regs;
-    if (data == abi::kSeccompCall) {
+    // Only the detux call itself is one (a program's own stacked filter
+    // could mark another call so; it is refused instead).
+    if (data == abi::kSeccompCall && static_cast<long>(r.orig_rax) == abi::kSyscallNr) {
+      if (p->loading) p->gadget = r.r9;  // kOpBirth names it (inject checks it)
+      p->loading = false;  // the space filter is on: it is confined now
       p->call_pending = true;
       ev->kind = StopEvent::kCall;
       ev->op = static_cast<long>(r.rdi);
@@ -138,6 +142,7 @@ bool PtraceMachine::decode(pid_t pid, int st, StopEvent* ev) {
       return true;
     }
     if (data == abi::kSeccompRefused && answer_query(p)) return false;
+    if (data == abi::kSeccompLoad && p->loading && load_call(p)) return false;
     ev->kind = StopEvent::kFault;
     ev->fault = DET_FAULT_SYSCALL;
     ev->syscall = static_cast<int64_t>(r.orig_rax & 0xffffffffULL);

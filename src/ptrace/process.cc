@@ -25,17 +25,9 @@ namespace detux {
 
 namespace {
 
-constexpr long kPtraceOptions = PTRACE_O_EXITKILL | PTRACE_O_TRACESECCOMP |
-                                PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK |
-                                PTRACE_O_TRACEEXIT;
 constexpr uint64_t kTscStart = 1'000'000'000ULL;
 
 uint64_t gadget_addr() { return reinterpret_cast<uint64_t>(&detux_gadget); }
-
-std::vector<sock_filter>& space_filter() {
-  static std::vector<sock_filter> f = confine::build_space_filter();
-  return f;
-}
 
 sock_fprog g_fprog;
 BirthPlan g_plan;
@@ -43,6 +35,11 @@ BirthPlan g_plan;
 bool is_event(int status, int event) { return (status >> 8) == (SIGTRAP | (event << 8)); }
 
 }  // namespace
+
+const std::vector<sock_filter>& space_filter() {
+  static const std::vector<sock_filter> f = confine::build_space_filter();
+  return f;
+}
 
 PtraceMachine::PtraceMachine() {
   master_.pid = getpid();
@@ -157,6 +154,7 @@ Proc* PtraceMachine::adopt(pid_t pid, const Proc& parent) {
   p->pid = pid;
   p->stop = StopKind::kSignal;
   p->tsc = parent.is_master ? kTscStart : parent.tsc;
+  p->gadget = parent.is_master ? gadget_addr() : parent.gadget;
   // A space cannot change its own affinity: it is the creator's, kept here.
   if (parent.is_master) sched_getaffinity(0, sizeof p->affinity, &p->affinity);
   else p->affinity = parent.affinity;
@@ -171,7 +169,7 @@ Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
   DETUX_ASSERT(g_plan.entry != nullptr);
   auto& f = space_filter();
   g_fprog.len = static_cast<unsigned short>(f.size());
-  g_fprog.filter = f.data();
+  g_fprog.filter = const_cast<sock_filter*>(f.data());
   g_plan.filter = &g_fprog;
   g_plan.master_pid = getpid();
   g_plan.pgid = pgid_;
@@ -344,19 +342,23 @@ Status PtraceMachine::resume(Proc* p, long result) {
 // Make p execute one system call at the gadget, then put its registers back.
 // Every stop on the way is checked: the call that runs is exactly `nr` with
 // `args`, whatever the space has done to its own memory.
-Result<long> PtraceMachine::inject(Proc* p, long nr, const long (&args)[6], pid_t* forked) {
+Result<long> PtraceMachine::inject(Proc* p, long nr, const long (&args)[6], pid_t* forked,
+                                   uint64_t gadget) {
   DETUX_TRY(fetch_regs(p));
+  if (gadget == 0) gadget = p->gadget;
+  // A program still loading runs under the load filter only.
+  const unsigned long want_data = p->loading ? abi::kSeccompLoad : abi::kSeccompRefused;
   // The space may have remapped the gadget's page (Perm on itself): the
   // gadget must still be exactly `syscall; int3`, or nothing is injected.
   uint8_t code[3];
   static constexpr uint8_t kGadget[3] = {0x0f, 0x05, 0xcc};
-  if (!read(p, gadget_addr(), code, sizeof code).ok() || std::memcmp(code, kGadget, 3) != 0)
+  if (!read(p, gadget, code, sizeof code).ok() || std::memcmp(code, kGadget, 3) != 0)
     return Err{-EPERM};
   serve();
   pin(p);
   user_regs_struct saved = p->regs;
   user_regs_struct r = saved;
-  r.rip = gadget_addr();
+  r.rip = gadget;
   r.rax = nr;
   r.orig_rax = static_cast<unsigned long long>(-1);
   r.rdi = args[0], r.rsi = args[1], r.rdx = args[2], r.r10 = args[3], r.r8 = args[4],
@@ -377,7 +379,7 @@ Result<long> PtraceMachine::inject(Proc* p, long nr, const long (&args)[6], pid_
       ptrace(PTRACE_GETREGS, p->pid, nullptr, &now);
       unsigned long data = 0;
       ptrace(PTRACE_GETEVENTMSG, p->pid, nullptr, &data);
-      bool ours = data == abi::kSeccompRefused && now.rip == gadget_addr() + 2 && static_cast<long>(now.orig_rax) == nr &&
+      bool ours = data == want_data && now.rip == gadget + 2 && static_cast<long>(now.orig_rax) == nr &&
                   static_cast<long>(now.rdi) == args[0] && static_cast<long>(now.rsi) == args[1] &&
                   static_cast<long>(now.rdx) == args[2] && static_cast<long>(now.r10) == args[3] &&
                   static_cast<long>(now.r8) == args[4] && static_cast<long>(now.r9) == args[5];
@@ -399,7 +401,7 @@ Result<long> PtraceMachine::inject(Proc* p, long nr, const long (&args)[6], pid_
       ptrace(PTRACE_GETREGS, p->pid, nullptr, &now);
       siginfo_t si{};
       ptrace(PTRACE_GETSIGINFO, p->pid, nullptr, &si);
-      if (WSTOPSIG(st) == SIGTRAP && now.rip == gadget_addr() + 3) {
+      if (WSTOPSIG(st) == SIGTRAP && now.rip == gadget + 3) {
         if (result != -EPERM) result = static_cast<long>(now.rax);
         done = true;
         break;

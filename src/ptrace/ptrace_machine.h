@@ -20,10 +20,13 @@
 
 #include <sched.h>
 #include <signal.h>
+#include <linux/filter.h>
+#include <sys/ptrace.h>
 #include <sys/types.h>
 #include <sys/user.h>
 
 #include <map>
+#include <string>
 #include <memory>
 #include <vector>
 
@@ -54,9 +57,18 @@ struct Proc {
   uint64_t tsc = 0;                   // emulated time stamp counter
   int pagemap_fd = -1;
   int maps_fd = -1;
+  bool loading = false;  // a new program image, not yet confined (exec.cc)
+  uint64_t gadget = 0;   // its `syscall; int3` (libdetux's detux_gadget)
   bool pinned = false;  // kept on the master's CPU while the supervisor works on it
   cpu_set_t affinity{}; // its own affinity (its creator's), restored when unpinned
 };
+
+inline constexpr long kPtraceOptions = PTRACE_O_EXITKILL | PTRACE_O_TRACESECCOMP |
+                                       PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK |
+                                       PTRACE_O_TRACEEXIT;
+
+// The seccomp program every space runs under (confine/filter.h), built once.
+const std::vector<sock_filter>& space_filter();
 
 // The function a space made by the master runs when first started: it jumps
 // back into the dput() that created it.  Set once by the library.
@@ -96,13 +108,19 @@ class PtraceMachine final : public Machine {
   Result<std::vector<uint8_t>> unchanged_since_snapshot(
       Proc* parent, Proc* child, std::span<const uint64_t> pages) override;
   Status copy_pages(Proc* from, Proc* to, std::span<const uint64_t> pages) override;
+  Result<Proc*> exec_space(std::span<const uint8_t> image, const std::vector<std::string>& argv,
+                           const std::vector<std::string>& envp) override;
 
  private:
   Result<Proc*> spawn_from_master(bool snapshot);
   void set_ref(Proc* p, pid_t ref);
   Result<pid_t> inject_clone(Proc* p);
+  // At `gadget` (default: libdetux's) there must be `syscall; int3`.
   Result<long> inject(Proc* p, long nr, const long (&args)[6],
-                      pid_t* forked = nullptr);
+                      pid_t* forked = nullptr, uint64_t gadget = 0);
+  // exec.cc
+  Status prepare_image(Proc* p);
+  bool load_call(Proc* p);
   Status fetch_regs(Proc* p);
   Status record_dirty_before_fork(Proc* p);
   Proc* adopt(pid_t pid, const Proc& parent);

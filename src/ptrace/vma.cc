@@ -22,6 +22,8 @@ constexpr unsigned long kProcmapQuery = _IOWR('f', 17, ProcmapQuery);
 
 }  // namespace
 
+unsigned long procmap_query_cmd() { return kProcmapQuery; }
+
 VmaAnswer vma_at_or_after(int maps_fd, uint64_t addr, uint64_t need, Vma* out, bool names) {
   char name[32] = {};
   ProcmapQuery q{};

@@ -32,4 +32,7 @@ enum class VmaAnswer { kFound, kNone, kUnsupported };
 VmaAnswer vma_at_or_after(int maps_fd, uint64_t addr, uint64_t need, Vma* out,
                           bool names = false);
 
+// The ioctl command number of PROCMAP_QUERY.
+unsigned long procmap_query_cmd();
+
 }  // namespace detux

@@ -4,7 +4,9 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdio_ext.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,7 +18,7 @@ namespace detux::rt {
 
 namespace {
 
-RtState g_rt;
+RtState& g_rt = rt_state();
 constexpr uint64_t kInputChunk = 64 << 10;
 
 // Room for `need` bytes in a growable buffer of this space's heap.  A
@@ -74,7 +76,15 @@ void fetch_more() {
 
 }  // namespace
 
-RtState& rt_state() { return g_rt; }
+void rt_state_map() {
+  constexpr size_t kSize = (sizeof(RtState) + 4095) & ~size_t{4095};
+  void* p = mmap(reinterpret_cast<void*>(kRtStateAddr), kSize, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (p == MAP_FAILED && errno != EEXIST) {
+    fprintf(stderr, "detux: cannot map the runtime's state\n");
+    abort();
+  }
+}
 
 long console_write(int fd, const void* buf, size_t len) {
   ConsoleOut& o = g_rt.out;

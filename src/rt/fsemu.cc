@@ -203,6 +203,35 @@ void fs_master_init() {
   }
 }
 
+void fs_region(uint64_t* base, uint64_t* size) {
+  *base = kFsBase;
+  *size = g_ready ? kFsSize : 0;
+}
+
+void fs_exec_init() {
+  mmap(region(), kFsSize, PROT_READ | PROT_WRITE,
+       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+}
+
+void fs_exec_attach() {
+  auto r = fs::Fs::attach(region(), kFsSize);
+  if (!r.ok()) return;  // the old program had none: nor has this one
+  g_fs = *r;
+  g_ready = true;
+}
+
+bool fs_read_file(const char* path, std::vector<uint8_t>* out) {
+  if (!g_ready) return false;
+  auto st = g_fs.stat(path);
+  if (!st.ok() || st->type != fs::kTypeFile) return false;
+  auto fd = g_fs.open(path, O_RDONLY);
+  if (!fd.ok()) return false;
+  out->resize(st->size);
+  auto n = g_fs.pread(*fd, out->data(), out->size(), 0);
+  (void)g_fs.close(*fd);
+  return n.ok() && *n == out->size();
+}
+
 void fs_child_start() {
   // The parent's directory descriptors hold the parent's memory: a child
   // forgets them (never frees them) and starts with none.

@@ -3,12 +3,22 @@
 
 #include <detux/detux.h>
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
 namespace detux::rt {
 
 // The master: map the file-system region and make (or load) the file system.
 void fs_master_init();
+// A program exec'd in a space: map the region, before it is confined; and,
+// once the kernel has carried the old program's pages over, use them.
+void fs_exec_init();
+void fs_exec_attach();
+// The file system's region (what an exec keeps).
+void fs_region(uint64_t* base, uint64_t* size);
+// In a space: the whole of a regular file, if there is one at path.
+bool fs_read_file(const char* path, std::vector<uint8_t>* out);
 // A new child: start recording its changes.
 void fs_child_start();
 // The parent at a join or wait: reconcile the child's file system.  Returns

@@ -371,6 +371,12 @@ void heap_set_limit(uint64_t bytes) {
   gp->limit = bytes;
 }
 
+void heap_exec_start(uint64_t limit) {
+  Lock l(g_prog);
+  gp->limit = limit;
+  gp->limited = true;
+}
+
 SystemHeap::SystemHeap() { ++t_sys; }
 SystemHeap::~SystemHeap() { --t_sys; }
 

@@ -98,6 +98,9 @@ void heap_join(const HeapState& child, Extent e);
 // fork failed, the join did not merge, the child was killed unmerged).
 void heap_give_back(Extent e);
 void heap_set_limit(uint64_t bytes);
+// A program exec'd in a space: its heap is the whole region, as a master's,
+// but held to the space's memory limit.
+void heap_exec_start(uint64_t limit);
 // Reserve the program heap now (the master does, before any space exists).
 void heap_reserve();
 

@@ -138,14 +138,18 @@ std::string describe(uint64_t addr) { return describe_address(addr); }
 
 const std::string& last_fs_conflicts() { return g_fs_report; }
 
-void rt_master_init() {
+void rt_init(bool master) {
   if (g_segments) return;
   heap_reserve();
-  fs_master_init();
+  rt_state_map();
+  if (master) fs_master_init();
+  else fs_exec_init();
   atexit(console_give_back_input);  // runs in every space that exits
   g_segments = new std::vector<Span>;
   dl_iterate_phdr(find_segments, g_segments);
 }
+
+void rt_master_init() { rt_init(true); }
 
 ForkPlan fork_prepare(unsigned long flags) {
   ForkPlan plan;
@@ -226,10 +230,16 @@ int join_child(det_child_t child, bool merge_memory, det_status* out) {
     if (c > 0) g_fs_report = report;
     if (c < 0 && r == 0) r = c;
   }
-  if (ChildRec* rec = find_rec(child, false)) drop_rec(rec);
+  // The extent is the one this space handed out, never what the child's
+  // memory claims (a child could name any range, or have exec'd).
+  Extent given;
+  if (ChildRec* rec = find_rec(child, false)) {
+    given = rec->extent;
+    drop_rec(rec);
+  }
   HeapState ch;
-  if (!heap_merged) heap_give_back(crt.extent);
-  else if (dget(child, DET_COPY, &ch, sizeof ch, &heap_state()) == 0) heap_join(ch, crt.extent);
+  if (!heap_merged) heap_give_back(given);
+  else if (dget(child, DET_COPY, &ch, sizeof ch, &heap_state()) == 0) heap_join(ch, given);
   // else: the child's heap state is unreadable; its extent stays used (not reused)
   if (out) *out = st;
   long k = dput(child, DET_KILL, nullptr, 0, nullptr);

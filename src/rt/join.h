@@ -62,5 +62,8 @@ std::string describe(uint64_t addr);
 
 // Called once when the process becomes master.
 void rt_master_init();
+// The same for a program exec'd in a space (rt/exec.cc), before it is
+// confined: the heap, the state page, the file-system region (unformatted).
+void rt_init(bool master);
 
 }  // namespace detux::rt

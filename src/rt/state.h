@@ -1,11 +1,11 @@
 // state.h: what the runtime keeps per space, and what a parent reads of it.
 //
-// The runtime's state lives in libdetux's own data segment, which djoin
-// never merges: every space has its own copy, inherited at fork and then
-// reset for the child (rt_child_start).  A parent reads its child's copy
-// with one Get/Copy from the same address (the layout is the same in every
-// space, all being forks of one program), and writes into it only to answer
-// a request for input.
+// The runtime's state lives in a small mapping of its own at a fixed
+// address, which djoin never merges: every space has its own copy,
+// inherited at fork and then reset for the child (rt_child_start).  A
+// parent reads its child's copy with one Get/Copy from that address, which
+// is the same in every detux program -- so also in a child that has exec'd
+// another program -- and writes into it only to answer a request for input.
 #pragma once
 
 #include <detux/detux.h>
@@ -52,7 +52,10 @@ struct RtState {
   InputReply reply;
 };
 
-RtState& rt_state();
+inline constexpr uint64_t kRtStateAddr = 0x5f0000000000ULL;  // 95 TiB
+inline RtState& rt_state() { return *reinterpret_cast<RtState*>(kRtStateAddr); }
+// Maps it (zeroed: a fresh state) in the master or in a new program.
+void rt_state_map();
 
 // In a new child, right after it was forked by its parent's runtime.
 // parent_in_space: the parent was a space, not the master.

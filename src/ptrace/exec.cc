@@ -1,0 +1,343 @@
+// exec.cc: a space that runs a new program image, on stock Linux.
+//
+// The kernel (kernel/exec.cc) decides what exec means; this file makes the
+// process.  Linux can only start an ELF program with execve, and execve
+// starts with the dynamic loader, the libraries' initialisers, and whatever
+// code the image runs before detux's runtime gets control (its IFUNC
+// resolvers, its preinit array).  An image may come from a space's file
+// system, so all of that is untrusted, and none of it may run unsupervised:
+//
+//   * The master forks a helper that asks to be traced, stops, joins the
+//     spaces' group, closes everything but the image and the space filter,
+//     turns address randomisation off, makes rdtsc fault, installs the load
+//     filter (every call but exit goes to the tracer) and execs the image
+//     from a memfd (birth.cc, exec_birth_helper).
+//   * At the exec stop, before the image's first instruction, the master
+//     writes fixed AT_RANDOM bytes, hides the vDSO from the auxiliary vector
+//     and unmaps it (its clocks need no system call), and turns cpuid
+//     faulting back on (Linux turns it off at execve): two system calls
+//     injected through a `syscall; int3` written over the loader's entry
+//     point and taken back at once.
+//   * While the program loads, every system call stops here and load_call
+//     lets through only what a dynamic loader needs, on files it may read:
+//     the libraries the master itself has loaded, the loader cache and the
+//     program's own /proc/self/maps.  Every other path does not exist, every
+//     other call faults the space.  So whatever the image does before it is
+//     confined, it can read only what the master also reads.
+//   * The runtime in the new program (rt/exec.cc) stacks the space filter
+//     from fd 3 on the load filter and reports with kOpBirth; from then on
+//     the process is an ordinary space.  A program without detux's runtime
+//     never gets that far: it runs, supervised, until it faults or exits.
+#include <elf.h>
+#include <errno.h>
+#include <asm/prctl.h>
+#include <fcntl.h>
+#include <link.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "abi.h"
+#include "confine/filter.h"
+#include "ptrace/birth.h"
+#include "ptrace/ptrace_machine.h"
+#include "ptrace/vma.h"
+#include "util/fixed.h"
+
+namespace detux {
+
+namespace {
+
+bool is_event(int status, int event) { return (status >> 8) == (SIGTRAP | (event << 8)); }
+
+const std::vector<sock_filter>& load_filter() {
+  static const std::vector<sock_filter> f = confine::build_load_filter();
+  return f;
+}
+
+struct OwnedFd {
+  int fd = -1;
+  ~OwnedFd() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+bool write_all(int fd, const void* data, size_t len) {
+  const char* p = static_cast<const char*>(data);
+  while (len) {
+    ssize_t n = ::write(fd, p, len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    p += n;
+    len -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// The files a loading program may open: what the master has loaded.
+const std::set<std::string>& readable_files() {
+  static const std::set<std::string> files = [] {
+    std::set<std::string> s = {"/etc/ld.so.cache", "/proc/self/maps"};
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, size_t, void* out) {
+          if (info->dlpi_name && info->dlpi_name[0] == '/')
+            static_cast<std::set<std::string>*>(out)->insert(info->dlpi_name);
+          return 0;
+        },
+        &s);
+    return s;
+  }();
+  return files;
+}
+
+// The environment a new program gets: the space's, without what would
+// steer the dynamic loader (LD_PRELOAD, LD_LIBRARY_PATH, GLIBC_TUNABLES ...)
+// or pose as detux's own marker, plus that marker.
+std::vector<std::string> loader_safe(const std::vector<std::string>& envp) {
+  std::vector<std::string> out;
+  for (const auto& e : envp) {
+    bool loader = e.starts_with("LD_") && !e.starts_with("LD_BIND_NOW=");
+    if (loader || e.starts_with("GLIBC_TUNABLES=") || e.starts_with("DETUX_")) continue;
+    out.push_back(e);
+  }
+  out.push_back("DETUX_EXEC_SPACE=1");
+  return out;
+}
+
+// Writes into a read-only mapping too (the loader's code), as a debugger's
+// breakpoint does: through /proc/PID/mem, which may write past protection.
+bool poke(pid_t pid, uint64_t addr, const void* data, size_t len) {
+  OwnedFd mem{open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDWR | O_CLOEXEC)};
+  return mem.fd >= 0 && pwrite(mem.fd, data, len, static_cast<off_t>(addr)) == static_cast<ssize_t>(len);
+}
+
+std::vector<char*> c_array(const std::vector<std::string>& v) {
+  std::vector<char*> out;
+  for (const auto& s : v) out.push_back(const_cast<char*>(s.c_str()));
+  out.push_back(nullptr);
+  return out;
+}
+
+}  // namespace
+
+Result<Proc*> PtraceMachine::exec_space(std::span<const uint8_t> image,
+                                        const std::vector<std::string>& argv,
+                                        const std::vector<std::string>& envp) {
+  DETUX_ASSERT(pgid_ > 0);  // exec comes from a space
+  OwnedFd img{memfd_create("detux-image", MFD_CLOEXEC)};
+  OwnedFd flt{memfd_create("detux-filter", MFD_CLOEXEC)};
+  const auto& sf = space_filter();
+  if (img.fd < 0 || flt.fd < 0 || !write_all(img.fd, image.data(), image.size()) ||
+      !write_all(flt.fd, sf.data(), sf.size() * sizeof(sock_filter)))
+    return Err{-ENOMEM};
+  std::vector<std::string> env = loader_safe(envp);
+  std::vector<char*> av = c_array(argv), ev = c_array(env);
+  (void)readable_files();  // computed before any load asks
+  const auto& lf = load_filter();
+  sock_fprog fprog{static_cast<unsigned short>(lf.size()), const_cast<sock_filter*>(lf.data())};
+  ExecPlan plan{&fprog, getpid(), pgid_, flt.fd, img.fd, av.data(), ev.data()};
+  serve();
+  pid_t pid = fork();
+  if (pid == 0) exec_birth_helper(plan);
+  if (pid < 0) return Err{-errno};
+  int st;
+  DETUX_TRY(wait_pid(pid, &st));
+  if (!WIFSTOPPED(st) || WSTOPSIG(st) != SIGSTOP ||
+      ptrace(PTRACE_SETOPTIONS, pid, nullptr, kPtraceOptions | PTRACE_O_TRACEEXEC) != 0 ||
+      ptrace(PTRACE_CONT, pid, nullptr, nullptr) != 0) {
+    kill_and_reap(pid);
+    return Err{-ECHILD};
+  }
+  // Its execveat (under the load filter), then the exec stop.
+  for (;;) {
+    DETUX_TRY(wait_pid(pid, &st));
+    if (WIFEXITED(st) || WIFSIGNALED(st)) return Err{-ENOEXEC};
+    if (is_event(st, PTRACE_EVENT_EXEC)) break;
+    bool its_exec = is_event(st, PTRACE_EVENT_SECCOMP);
+    if (!its_exec && !(WIFSTOPPED(st) && (st >> 16) == 0)) {
+      kill_and_reap(pid);
+      return Err{-ECHILD};
+    }
+    ptrace(PTRACE_CONT, pid, nullptr, nullptr);  // the execveat, or a stray signal dropped
+  }
+  Proc* p = adopt(pid, master_);
+  p->loading = true;
+  p->stop = StopKind::kSignal;
+  Status prep = prepare_image(p);
+  if (!prep.ok()) {
+    destroy(p);
+    return Err{prep.err()};
+  }
+  DETUX_TRY(resume(p, 0));
+  return p;
+}
+
+// At the exec stop: fixed AT_RANDOM, no vDSO, cpuid faulting (see above).
+Status PtraceMachine::prepare_image(Proc* p) {
+  DETUX_TRY(fetch_regs(p));
+  // The stack: argc, argv..., NULL, envp..., NULL, then the auxiliary vector.
+  uint64_t at = p->regs.rsp, argc = 0, word = 1;
+  DETUX_TRY(read(p, at, &argc, 8));
+  at += 8 * (argc + 2);
+  for (int n = 0; word != 0 && n < 1 << 16; ++n, at += 8) DETUX_TRY(read(p, at, &word, 8));
+  for (int n = 0; n < 64; ++n, at += 16) {
+    Elf64_auxv_t aux;
+    DETUX_TRY(read(p, at, &aux, sizeof aux));
+    if (aux.a_type == AT_NULL) break;
+    if (aux.a_type == AT_RANDOM)
+      DETUX_TRY(write(p, aux.a_un.a_val, kFixedRandom, sizeof kFixedRandom));
+    if (aux.a_type == AT_SYSINFO_EHDR) {
+      uint64_t ignore = AT_IGNORE;
+      DETUX_TRY(write(p, at, &ignore, 8));
+    }
+  }
+  // The vDSO and its data pages, by name.
+  std::vector<std::pair<uint64_t, uint64_t>> special;
+  std::ifstream maps("/proc/" + std::to_string(p->pid) + "/maps");
+  for (std::string line; std::getline(maps, line);) {
+    if (line.find("[vdso]") == std::string::npos && line.find("[vvar") == std::string::npos)
+      continue;
+    uint64_t lo = 0, hi = 0;
+    char dash;
+    std::istringstream(line) >> std::hex >> lo >> dash >> hi;
+    special.emplace_back(lo, hi);
+  }
+  // The gadget, over the loader's first instruction for a moment.
+  uint64_t entry = p->regs.rip;
+  uint8_t saved[3];
+  static constexpr uint8_t kGadget[3] = {0x0f, 0x05, 0xcc};
+  DETUX_TRY(read(p, entry, saved, sizeof saved));
+  if (!poke(p->pid, entry, kGadget, sizeof kGadget)) return Err{-EFAULT};
+  // Step out of execve first (its return would overwrite the first
+  // injected call's number): run just the int3.
+  user_regs_struct step = p->regs;
+  step.rip = entry + 2;
+  int st = 0;
+  if (ptrace(PTRACE_SETREGS, p->pid, nullptr, &step) != 0 ||
+      ptrace(PTRACE_CONT, p->pid, nullptr, nullptr) != 0 || !wait_pid(p->pid, &st).ok() ||
+      !WIFSTOPPED(st) || WSTOPSIG(st) != SIGTRAP)
+    return Err{-ECHILD};
+  long r = 0;
+  for (auto [lo, hi] : special) {
+    const long args[6] = {static_cast<long>(lo), static_cast<long>(hi - lo), 0, 0, 0, 0};
+    auto m = inject(p, SYS_munmap, args, nullptr, entry);
+    if (!m.ok() || *m != 0) r = -EPERM;
+  }
+  const long cpuid_args[6] = {ARCH_SET_CPUID, 0, 0, 0, 0, 0};
+  auto c = inject(p, SYS_arch_prctl, cpuid_args, nullptr, entry);
+  if (!c.ok() || *c != 0) r = -EPERM;
+  if (!poke(p->pid, entry, saved, sizeof saved)) return Err{-EFAULT};
+  return r == 0 ? ok_status() : Status(Err{r});
+}
+
+// ---- The loading program's system calls -------------------------------------
+
+namespace {
+
+enum class Verdict { kAllow, kAnswer, kRefuse };
+
+struct Decision {
+  Verdict v = Verdict::kRefuse;
+  long value = 0;
+};
+
+Decision allow() { return {Verdict::kAllow, 0}; }
+Decision answer(long v) { return {Verdict::kAnswer, v}; }
+Decision refuse() { return {Verdict::kRefuse, 0}; }
+
+bool opens_read_only(long flags) {
+  return (flags & (O_ACCMODE | O_CREAT | O_TRUNC | O_APPEND | __O_TMPFILE)) == 0;
+}
+
+}  // namespace
+
+// A path argument, read whole (false if it does not end within PATH_MAX).
+static bool read_path(PtraceMachine* m, Proc* p, uint64_t addr, std::string* out) {
+  char buf[4096];
+  for (size_t got = 0; got < sizeof buf;) {
+    size_t chunk = std::min<size_t>(sizeof buf - got, 4096 - ((addr + got) & 4095));
+    if (!m->read(p, addr + got, buf + got, chunk).ok()) return false;
+    if (const void* z = memchr(buf + got, 0, chunk)) {
+      out->assign(buf, static_cast<const char*>(z) - buf);
+      return true;
+    }
+    got += chunk;
+  }
+  return false;
+}
+
+// Let through what a dynamic loader and a C runtime's start-up need; answer
+// the calls whose true results would differ between runs; refuse the rest.
+bool PtraceMachine::load_call(Proc* p) {
+  user_regs_struct& r = p->regs;
+  const long nr = static_cast<long>(r.orig_rax);
+  const long a0 = static_cast<long>(r.rdi), a1 = static_cast<long>(r.rsi),
+             a2 = static_cast<long>(r.rdx), a3 = static_cast<long>(r.r10);
+  auto by_path = [&](uint64_t addr, bool writes) {
+    std::string path;
+    if (!read_path(this, p, addr, &path)) return answer(-EFAULT);
+    if (!readable_files().count(path)) return answer(-ENOENT);
+    return writes ? refuse() : allow();
+  };
+  Decision d;
+  switch (nr) {
+    case SYS_read: case SYS_pread64: case SYS_close: case SYS_fstat: case SYS_lseek:
+    case SYS_mmap: case SYS_mprotect: case SYS_munmap: case SYS_mremap: case SYS_brk:
+    case SYS_madvise: case SYS_rt_sigaction: case SYS_rt_sigprocmask: case SYS_sigaltstack:
+    case SYS_close_range:
+      d = allow();  // on the process itself, or on files opened below
+      break;
+    case SYS_open: d = by_path(a0, !opens_read_only(a1)); break;
+    case SYS_openat:
+      d = static_cast<int>(a0) == AT_FDCWD ? by_path(a1, !opens_read_only(a2)) : refuse();
+      break;
+    case SYS_access: case SYS_stat: case SYS_lstat: d = by_path(a0, false); break;
+    case SYS_faccessat: case SYS_faccessat2: d = static_cast<int>(a0) == AT_FDCWD ? by_path(a1, false) : refuse(); break;
+    case SYS_newfstatat: {
+      std::string path;
+      if (!read_path(this, p, a1, &path)) d = answer(-EFAULT);
+      else if (path.empty() && (a3 & AT_EMPTY_PATH)) d = allow();  // fstat
+      else d = static_cast<int>(a0) == AT_FDCWD ? by_path(a1, false) : refuse();
+      break;
+    }
+    case SYS_readlink: d = answer(-ENOENT); break;  // no /proc/self/exe to follow
+    case SYS_ioctl: d = static_cast<unsigned long>(a1) == procmap_query_cmd() ? allow() : answer(-ENOTTY); break;
+    case SYS_arch_prctl:
+      if (a0 == ARCH_SET_FS || a0 == ARCH_GET_FS || (a0 == ARCH_SET_CPUID && a1 == 0)) d = allow();
+      else d = answer(-EINVAL);
+      break;
+    case SYS_prctl:
+      if (a0 == PR_SET_NO_NEW_PRIVS || (a0 == PR_SET_TSC && a1 == PR_TSC_SIGSEGV)) d = allow();
+      else d = answer(-EINVAL);
+      break;
+    case SYS_seccomp:  // more filters only narrow; no listener fds
+      d = a0 == SECCOMP_SET_MODE_FILTER && a1 == 0 ? allow() : answer(-EINVAL);
+      break;
+    case SYS_prlimit64: d = a0 == 0 && a2 == 0 ? allow() : answer(-EPERM); break;
+    case SYS_set_tid_address: d = answer(1); break;  // a fixed thread id
+    case SYS_set_robust_list: d = answer(0); break;
+    case SYS_rseq: d = answer(-ENOSYS); break;       // its CPU number varies
+    case SYS_getrandom: d = answer(-ENOSYS); break;
+    default: d = refuse(); break;
+  }
+  if (d.v == Verdict::kRefuse) return false;
+  if (d.v == Verdict::kAnswer) {
+    r.orig_rax = static_cast<unsigned long long>(-1);
+    r.rax = static_cast<unsigned long long>(d.value);
+    if (ptrace(PTRACE_SETREGS, p->pid, nullptr, &r) != 0) return false;
+  }
+  p->stop = StopKind::kRunning;
+  p->regs_valid = false;
+  ptrace(PTRACE_CONT, p->pid, nullptr, nullptr);
+  return true;
+}
+
+}  // namespace detux

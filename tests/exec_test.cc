@@ -1,0 +1,204 @@
+// exec_test.cc: exec in spaces -- a detux program image from the master's
+// registry or from the space's own file system replaces a space's program,
+// keeping its place, its console streams and its files; a program without
+// detux's runtime, however hostile, stays supervised until it faults.
+// Every scenario runs twice and must report the same bytes.
+#include <detux/detux.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <iterator>
+
+#include "harness.h"
+
+using namespace detux::test;
+
+namespace {
+
+// Runs `body` in a space (a dfork of the master) and joins it; the space's
+// console output is returned.
+template <typename F>
+std::string in_shell(F body) {
+  return captured([&] {
+    if (dfork(0) == 0) {
+      body();
+      fflush(nullptr);
+      ret_forever();
+    }
+    CHECK_EQ(djoin(0), 0);
+  });
+}
+
+// fork + exec + waitpid inside a space; prints how the child ended.
+void run_child(const char* path, char* const argv[], char* const envp[]) {
+  fflush(nullptr);
+  pid_t pid = fork();
+  if (pid == 0) {
+    execve(path, argv, envp);
+    printf("execve %s failed: %s\n", path, strerror(errno));
+    exit(120);
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  if (WIFEXITED(st)) printf("child %d exited %d\n", pid, WEXITSTATUS(st));
+  else printf("child %d killed by signal %d\n", pid, WTERMSIG(st));
+}
+
+std::vector<char> file_bytes(const char* path) {
+  std::ifstream f(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+void feed_stdin(const std::string& text) {
+  int p[2];
+  CHECK_EQ(pipe(p), 0);
+  CHECK_EQ(write(p[1], text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  close(p[1]);
+  dup2(p[0], 0);
+  close(p[0]);
+}
+
+}  // namespace
+
+TEST(Exec, ARegisteredImageRunsWithItsArgvAndEnvAndGoesOnReadingStdin) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    CHECK_EQ(det_exec_register("target", EXEC_TARGET), 0);
+    feed_stdin("line one\nline two\nline three\n");
+    out = in_shell([] {
+      fflush(nullptr);
+      if (fork() == 0) {  // reads a line, then execs: the new program reads on
+        char line[64];
+        if (fgets(line, sizeof line, stdin)) printf("before exec read: %s", line);
+        char* argv[] = {(char*)"target", (char*)"hello", (char*)"x y", (char*)"z", nullptr};
+        char* envp[] = {(char*)"FOO=bar", (char*)"LD_PRELOAD=/no/such.so", nullptr};
+        execve("target", argv, envp);
+        exit(120);
+      }
+      int st = 0;
+      wait(&st);
+      printf("child exited %d\n", WEXITSTATUS(st));
+      char line[64];
+      if (fgets(line, sizeof line, stdin)) printf("shell read: %s", line);
+    });
+  });
+  EXPECT_EQ(out,
+            "before exec read: line one\n"
+            "exec'd: argc 4: [target] [hello] [x y] [z]\n"
+            "FOO=bar LD_PRELOAD=(none) in_space=1\n"
+            "stdin: line two\n"
+            "child exited 4\n"
+            "shell read: line three\n");
+}
+
+TEST(Exec, AnImageInTheSpacesFileSystemRunsAndItsFileChangesReachTheParent) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    std::vector<char> image = file_bytes(EXEC_TARGET);
+    CHECK(image.size() > 1000);
+    out = in_shell([&] {
+      mkdir("/bin", 0755);
+      mkdir("/data", 0755);
+      FILE* f = fopen("/bin/target", "w");
+      fwrite(image.data(), 1, image.size(), f);
+      fclose(f);
+      f = fopen("/data/in.txt", "w");
+      fprintf(f, "from the shell\n");
+      fclose(f);
+      char* argv[] = {(char*)"target", (char*)"fs", nullptr};
+      run_child("/bin/target", argv, nullptr);
+      char buf[128] = {};
+      f = fopen("/data/out.txt", "r");
+      if (f && fgets(buf, sizeof buf, f)) printf("shell sees out.txt: %s", buf);
+      if (f) fclose(f);
+    });
+  });
+  EXPECT_EQ(out,
+            "in.txt: from the shell\n"
+            "child 1 exited 0\n"
+            "shell sees out.txt: written by the exec'd program\n");
+}
+
+TEST(Exec, AnExecdProgramMakesItsOwnThreadsAndExecsAgain) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    CHECK_EQ(det_exec_register("target", EXEC_TARGET), 0);
+    out = in_shell([] {
+      char* thread[] = {(char*)"target", (char*)"thread", nullptr};
+      run_child("target", thread, nullptr);
+      char* again[] = {(char*)"target", (char*)"again", (char*)"2nd", nullptr};
+      run_child("target", again, nullptr);
+    });
+  });
+  EXPECT_EQ(out,
+            "in the exec'd program's thread\n"
+            "joined 0, shared 42\n"
+            "child 1 exited 0\n"
+            "first program, about to exec again\n"
+            "exec'd: argc 3: [target] [hello] [2nd]\n"
+            "FOO=(none) LD_PRELOAD=(none) in_space=1\n"
+            "stdin: end\n"
+            "child 1 exited 3\n");
+}
+
+TEST(Exec, AFailedExecReturnsAnErrorAndTheOldProgramGoesOn) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    CHECK_EQ(det_exec_register("target", EXEC_TARGET), 0);
+    CHECK_EQ(det_exec_register("bad", "/etc/hostname"), -ENOEXEC);
+    CHECK_EQ(det_exec_register("none", "/no/such/file"), -ENOENT);
+    out = in_shell([] {
+      FILE* f = fopen("/not-elf", "w");
+      fprintf(f, "#!/bin/sh\necho hi\n");
+      fclose(f);
+      char* argv[] = {(char*)"x", nullptr};
+      for (const char* path : {"nosuch", "/not-elf"}) {
+        int r = execv(path, argv);
+        printf("execv(%s) = %d, %s\n", path, r, strerror(errno));
+      }
+      int r = execv("target", nullptr);
+      printf("execv(NULL argv) = %d, %s\n", r, strerror(errno));
+      char* fault[] = {(char*)"target", (char*)"fault", nullptr};
+      run_child("target", fault, nullptr);
+    });
+  });
+  EXPECT_EQ(out,
+            "execv(nosuch) = -1, No such file or directory\n"
+            "execv(/not-elf) = -1, Exec format error\n"
+            "execv(NULL argv) = -1, Bad address\n"
+            "child 1 killed by signal 11\n");
+}
+
+// A program that never links detux's runtime runs under the load filter to
+// its end: it may read only what the dynamic loader reads (any other path
+// does not exist), writing faults it, its clocks are gone or fixed, and
+// nothing on the host changes.
+TEST(Exec, AHostileImageWithoutTheRuntimeCannotReachTheHost) {
+  NEEDS_DETUX_MALLOC();
+  std::string victim = "/tmp/detux-exec-victim-" + std::to_string(getpid());
+  unlink(victim.c_str());
+  std::string out = twice([&](std::string& out) {
+    CHECK_EQ(det_exec_register("hostile", EXEC_HOSTILE), 0);
+    out = in_shell([&] {
+      for (const char* mode : {"read", "vdso", "tsc", "create", "overwrite", "time", "write"}) {
+        printf("%s: ", mode);
+        char* argv[] = {(char*)"hostile", (char*)mode, (char*)victim.c_str(), nullptr};
+        run_child("hostile", argv, nullptr);
+      }
+    });
+  });
+  EXPECT_EQ(access(victim.c_str(), F_OK), -1) << "the hostile image created a host file";
+  std::string tsc = out.substr(out.find("tsc: "));
+  tsc = tsc.substr(0, tsc.find('\n') + 1);
+  EXPECT_EQ(out,
+            "read: child 1 exited 3\n"
+            "vdso: child 1 exited 128\n" +
+                tsc +
+                "create: child 1 exited 5\n"
+                "overwrite: child 1 killed by signal 31\n"
+                "time: child 1 killed by signal 31\n"
+                "write: child 1 killed by signal 31\n");
+  EXPECT_NE(tsc.find("exited"), std::string::npos) << tsc;
+}
