@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <link.h>
 #include <linux/openat2.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -18,6 +19,7 @@
 #include <sys/time.h>
 #include <sys/timex.h>
 #include <sys/uio.h>
+#include <sys/rseq.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
 #include <time.h>
@@ -782,6 +784,32 @@ TEST(TrappedInstructions, RdtscRdtscpAndCpuidAreDeterministic) {
   });
   note(out);
   EXPECT_NE(out.find("GenuineIntel"), std::string::npos) << out;
+}
+
+// The C library's rseq area would hold the number of the CPU the space runs
+// on, written by Linux; sched_getcpu() reads it without a system call.
+uint32_t g_rseq_cpu;
+TEST(TrappedInstructions, TheCpuNumberIsNeverVisibleThroughRseq) {
+  if (__rseq_size == 0) GTEST_SKIP() << "the C library does not use rseq here";
+  std::string out = twice([](std::string& out) {
+    if (dfork(0) == 0) {
+      char* tp;
+      asm("mov %%fs:0, %0" : "=r"(tp));
+      for (int i = 0; i < 1000; ++i)  // long enough to be moved between CPUs
+        g_rseq_cpu |= reinterpret_cast<volatile struct rseq*>(tp + __rseq_offset)->cpu_id;
+      dret();
+      sched_getcpu();  // must fault: the vDSO is gone and getcpu is refused
+      ret_forever();
+    }
+    CHECK_EQ(status_of(0).state, DET_S_STOPPED);
+    uint32_t seen = 0;
+    CHECK_EQ(dget(0, DET_COPY, &seen, sizeof seen, &g_rseq_cpu), 0L);
+    CHECK_EQ(dput(0, DET_START, nullptr, 0, nullptr), 0L);
+    det_status st = status_of(0);
+    out = "rseq cpu " + std::to_string(static_cast<int32_t>(seen)) + ", sched_getcpu " +
+          (st.state == DET_S_FAULTED ? "faults" : "returns");
+  });
+  EXPECT_EQ(out, "rseq cpu -2, sched_getcpu faults");
 }
 
 // ---- 7. /proc and 8. killing the master ---------------------------------------

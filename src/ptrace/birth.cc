@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 #include <sys/personality.h>
 #include <sys/prctl.h>
+#include <sys/rseq.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -176,6 +177,23 @@ void install_sigsys(void (*handler)(int, siginfo_t*, void*)) {
   if (sigprocmask(SIG_UNBLOCK, &sys, nullptr) != 0) die(119);
 }
 
+// glibc registers every thread for restartable sequences, and the space
+// inherits that registration from the master's thread: Linux would go on
+// writing the number of the CPU it runs on into the thread's rseq area,
+// where sched_getcpu() reads it without a system call.  Unregistered, with
+// the CPU number marked "registration failed", sched_getcpu() makes the
+// getcpu call, which is refused like any other.
+void forget_rseq() {
+  if (__rseq_size == 0) return;  // glibc did not register
+  char* tp;
+  asm("mov %%fs:0, %0" : "=r"(tp));
+  auto* area = reinterpret_cast<struct rseq*>(tp + __rseq_offset);
+  unsigned len = __rseq_size < 32 ? 32 : __rseq_size;
+  if (syscall(SYS_rseq, area, len, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) != 0) die(126);
+  area->cpu_id_start = 0;
+  area->cpu_id = static_cast<uint32_t>(RSEQ_CPU_ID_REGISTRATION_FAILED);
+}
+
 }  // namespace
 
 void space_birth(const BirthPlan& plan) {
@@ -191,6 +209,7 @@ void space_birth(const BirthPlan& plan) {
   if (prctl(PR_SET_TSC, PR_TSC_SIGSEGV) != 0) die(123);
   if (syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) != 0) die(123);
   install_sigsys(plan.sigsys);
+  forget_rseq();
   g_in_space = 1;
   // The snapshot: a clone that stops (auto-attached, SIGSTOP) before it runs
   // one instruction, and is never resumed.  Taken here, it differs from the
