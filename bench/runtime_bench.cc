@@ -16,10 +16,14 @@
 //      process, and detux's heap in the master.  A space cannot read a
 //      clock: the master times a child that runs the mix and subtracts a
 //      child that runs nothing.
+//   4. exec: a space forks a process that execs a small detux program and
+//      waits for it (the image registered with det_exec_register), against
+//      a plain process doing fork + execve + waitpid of the same program.
 // After the Google Benchmark output, main() prints each ratio.
 #include <benchmark/benchmark.h>
 #include <detux/detux.h>
 #include <pthread.h>
+#include <sys/wait.h>
 #include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
@@ -231,6 +235,53 @@ void BM_File_Tmpfs(benchmark::State& state) {
   free(g_chunk);
 }
 
+// ---- 4. exec: fork + exec + wait of a program that returns at once --------
+
+constexpr int kExecs = 10;
+
+void spawn_nop(bool in_space) {
+  pid_t p = fork();
+  if (p == 0) {
+    execl(in_space ? "nop" : EXEC_NOP, "nop", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  int st = 0;
+  waitpid(p, &st, 0);
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) abort();
+}
+
+double time_exec_child(int n) {
+  if (dfork(0) == 0) {
+    dret();
+    for (int i = 0; i < n; ++i) spawn_nop(true);
+    for (;;) dret();
+  }
+  dget(0, DET_STATUS, nullptr, 0, nullptr);
+  double t0 = now_s();
+  dput(0, DET_START, nullptr, 0, nullptr);
+  det_status st{};
+  dget(0, DET_STATUS, &st, sizeof st, nullptr);
+  double dt = now_s() - t0;
+  if (st.state != DET_S_STOPPED) abort();
+  dput(0, DET_KILL, nullptr, 0, nullptr);
+  return dt;
+}
+
+void BM_Exec_Space(benchmark::State& state) {
+  if (det_exec_register("nop", EXEC_NOP) != 0) abort();
+  timed(state, "exec, space", kExecs, [] { return time_exec_child(kExecs) - time_exec_child(0); });
+}
+
+void BM_Exec_Linux(benchmark::State& state) {
+  timed(state, "exec, linux", kExecs, [] {
+    return wall([] {
+      for (int i = 0; i < kExecs; ++i) spawn_nop(false);
+    });
+  });
+}
+
+BENCHMARK(BM_Exec_Space)->UseManualTime()->Iterations(3);
+BENCHMARK(BM_Exec_Linux)->UseManualTime()->Iterations(3);
 BENCHMARK(BM_File_Space)->Arg(1)->Arg(0)->UseManualTime()->Iterations(3);
 BENCHMARK(BM_File_Tmpfs)->Arg(1)->Arg(0)->UseManualTime()->Iterations(3);
 BENCHMARK(BM_Barrier_Detux)->Arg(1)->Arg(16)->Arg(256)->UseManualTime()->Iterations(5);
@@ -258,6 +309,7 @@ int main(int argc, char** argv) {
     ratio(("barrier round, 2 threads, K=" + K).c_str(), "barrier detux K=" + K,
           "barrier pthreads K=" + K);
   }
+  ratio("fork+exec+wait, small program", "exec, space", "exec, linux");
   ratio("malloc+free op, in a space", "malloc detux, in a space", "malloc glibc, plain process");
   ratio("malloc+free op, in the master", "malloc detux, master", "malloc glibc, plain process");
   // Throughput ratio: tmpfs time over the space's time (goal >= 0.5).

@@ -78,11 +78,19 @@ bool is_emulated_call(long nr);
 // exported program does not implement the policy.
 std::vector<sock_filter> build_space_filter();
 
+// The calls a loading program may make without asking (they act on its own
+// memory, signal state, or on descriptors of files it was let open).
+inline constexpr int kLoadAllowedCalls[] = {
+    0 /* read */,  3 /* close */,   5 /* fstat */,  8 /* lseek */,   9 /* mmap */,
+    10 /* mprotect */, 11 /* munmap */, 12 /* brk */, 13 /* rt_sigaction */,
+    14 /* rt_sigprocmask */, 17 /* pread64 */, 25 /* mremap */, 28 /* madvise */,
+    436 /* close_range */};
+
 // The filter a new program image loads under (exec in a space, see
-// ptrace/exec.cc): the same arch checks, exit, exit_group and rt_sigreturn
-// allowed, and every other call, the detux call included, sent to the tracer
-// as TRACE | abi::kSeccompLoad, where the supervisor lets through only what
-// the dynamic loader needs.  The program's runtime then stacks the space
+// ptrace/exec.cc): the same arch checks, exit, exit_group, rt_sigreturn and
+// kLoadAllowedCalls allowed, and every other call, the detux call included,
+// sent to the tracer as TRACE | abi::kSeccompLoad, where the supervisor lets
+// through only what the dynamic loader needs.  The program's runtime then stacks the space
 // filter on top.  Stacked filters all run, the strictest action wins, and
 // between equal actions the newer filter's data does: so once the space
 // filter is on, it decides every call, except that whatever it allows is

@@ -18,8 +18,10 @@
 //     faulting back on (Linux turns it off at execve): two system calls
 //     injected through a `syscall; int3` written over the loader's entry
 //     point and taken back at once.
-//   * While the program loads, every system call stops here and load_call
-//     lets through only what a dynamic loader needs, on files it may read:
+//   * While the program loads, every system call but those on its own memory
+//     and open descriptors (confine::kLoadAllowedCalls) stops here, and
+//     load_call lets through only what a dynamic loader needs, on files it
+//     may read:
 //     the libraries the master itself has loaded, the loader cache and the
 //     program's own /proc/self/maps.  Every other path does not exist, every
 //     other call faults the space.  So whatever the image does before it is
@@ -145,7 +147,12 @@ Result<Proc*> PtraceMachine::exec_space(std::span<const uint8_t> image,
   sock_fprog fprog{static_cast<unsigned short>(lf.size()), const_cast<sock_filter*>(lf.data())};
   ExecPlan plan{&fprog, getpid(), pgid_, flt.fd, img.fd, av.data(), ev.data()};
   serve();
-  pid_t pid = fork();
+  // Born on this CPU and kept there while it loads: every one of its
+  // loader's system calls is then a same-CPU handoff to the master, not a
+  // cross-CPU wakeup; the first resume() after its birth lets it go.
+  cpu_set_t mine;
+  bool pinned = false;
+  pid_t pid = fork_here(&mine, &pinned);
   if (pid == 0) exec_birth_helper(plan);
   if (pid < 0) return Err{-errno};
   int st;
@@ -169,6 +176,9 @@ Result<Proc*> PtraceMachine::exec_space(std::span<const uint8_t> image,
     ptrace(PTRACE_CONT, pid, nullptr, nullptr);  // the execveat, or a stray signal dropped
   }
   Proc* p = adopt(pid, master_);
+  p->pinned = pinned;
+  p->pinned_cpu = pinned ? sched_getcpu() : -1;
+  p->affinity = mine;
   p->loading = true;
   p->stop = StopKind::kSignal;
   Status prep = prepare_image(p);
@@ -176,7 +186,13 @@ Result<Proc*> PtraceMachine::exec_space(std::span<const uint8_t> image,
     destroy(p);
     return Err{prep.err()};
   }
-  DETUX_TRY(resume(p, 0));
+  // Not resume(), which would let it off this CPU.
+  if (ptrace(PTRACE_CONT, pid, nullptr, nullptr) != 0) {
+    destroy(p);
+    return Err{-ECHILD};
+  }
+  p->stop = StopKind::kRunning;
+  p->regs_valid = false;
   return p;
 }
 
@@ -289,12 +305,8 @@ bool PtraceMachine::load_call(Proc* p) {
   };
   Decision d;
   switch (nr) {
-    case SYS_read: case SYS_pread64: case SYS_close: case SYS_fstat: case SYS_lseek:
-    case SYS_mmap: case SYS_mprotect: case SYS_munmap: case SYS_mremap: case SYS_brk:
-    case SYS_madvise: case SYS_rt_sigaction: case SYS_rt_sigprocmask: case SYS_sigaltstack:
-    case SYS_close_range:
-      d = allow();  // on the process itself, or on files opened below
-      break;
+    // (confine::kLoadAllowedCalls never get here: the filter lets them by.)
+    case SYS_sigaltstack: d = allow(); break;
     case SYS_open: d = by_path(a0, !opens_read_only(a1)); break;
     case SYS_openat:
       d = static_cast<int>(a0) == AT_FDCWD ? by_path(a1, !opens_read_only(a2)) : refuse();
@@ -336,6 +348,7 @@ bool PtraceMachine::load_call(Proc* p) {
   }
   p->stop = StopKind::kRunning;
   p->regs_valid = false;
+  pin(p);  // follows the master if it moved: the next stop stays on one CPU
   ptrace(PTRACE_CONT, p->pid, nullptr, nullptr);
   return true;
 }

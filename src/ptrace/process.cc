@@ -118,14 +118,17 @@ void PtraceMachine::reap_graveyard() {
 // every stop and resume is then a same-CPU handoff (a few microseconds)
 // instead of a cross-CPU wakeup (70-80 microseconds in these VMs).
 void PtraceMachine::pin(Proc* p) {
-  if (p->pinned) return;
   int cpu = sched_getcpu();
+  if (p->pinned && cpu == p->pinned_cpu) return;
   // A space the program pinned to one CPU itself stays where it was put.
   if (cpu < 0 || CPU_COUNT(&p->affinity) == 1) return;
   cpu_set_t one;
   CPU_ZERO(&one);
   CPU_SET(cpu, &one);
-  if (sched_setaffinity(p->pid, sizeof one, &one) == 0) p->pinned = true;
+  if (sched_setaffinity(p->pid, sizeof one, &one) == 0) {
+    p->pinned = true;
+    p->pinned_cpu = cpu;
+  }
 }
 
 void PtraceMachine::unpin(Proc* p) {
@@ -165,6 +168,21 @@ Proc* PtraceMachine::adopt(pid_t pid, const Proc& parent) {
 
 // ---- Space creation ---------------------------------------------------------
 
+// fork(), the child born on the master's CPU and kept there until started
+// (see pin()): the master's own affinity is narrowed for the fork and then
+// restored.  *mine gets that affinity; *pinned says whether the child is.
+pid_t fork_here(cpu_set_t* mine, bool* pinned) {
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  int cpu = sched_getcpu();
+  CPU_SET(cpu < 0 ? 0 : cpu, &one);
+  *pinned = sched_getaffinity(0, sizeof *mine, mine) == 0 &&
+            sched_setaffinity(0, sizeof one, &one) == 0;
+  pid_t pid = fork();
+  if (pid != 0 && *pinned) sched_setaffinity(0, sizeof *mine, mine);
+  return pid;
+}
+
 Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
   DETUX_ASSERT(g_plan.entry != nullptr);
   auto& f = space_filter();
@@ -176,17 +194,10 @@ Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
   g_plan.vdso = getauxval(AT_SYSINFO_EHDR);
   g_plan.snapshot = snapshot;
   serve();
-  // The child is born on our CPU and stays there until started (see pin()):
-  // the master's own affinity is narrowed for the fork and then restored.
-  cpu_set_t mine, one;
-  CPU_ZERO(&one);
-  int cpu = sched_getcpu();
-  CPU_SET(cpu < 0 ? 0 : cpu, &one);
-  bool pinned = sched_getaffinity(0, sizeof mine, &mine) == 0 &&
-                sched_setaffinity(0, sizeof one, &one) == 0;
-  pid_t pid = fork();
+  cpu_set_t mine;
+  bool pinned = false;
+  pid_t pid = fork_here(&mine, &pinned);
   if (pid == 0) space_birth(g_plan);
-  if (pinned) sched_setaffinity(0, sizeof mine, &mine);
   if (pid < 0) return Err{-errno};
   int st;
   DETUX_TRY(wait_pid(pid, &st));
@@ -220,6 +231,7 @@ Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
   Proc* p = adopt(pid, master_);
   if (ref > 0) set_ref(p, ref);
   p->pinned = pinned;
+  p->pinned_cpu = pinned ? sched_getcpu() : -1;
   p->affinity = mine;
   p->stop = StopKind::kSyscall;
   p->call_pending = true;  // the kOpBirth call; its result is ignored

@@ -60,12 +60,16 @@ struct Proc {
   bool loading = false;  // a new program image, not yet confined (exec.cc)
   uint64_t gadget = 0;   // its `syscall; int3` (libdetux's detux_gadget)
   bool pinned = false;  // kept on the master's CPU while the supervisor works on it
+  int pinned_cpu = -1;  // that CPU
   cpu_set_t affinity{}; // its own affinity (its creator's), restored when unpinned
 };
 
 inline constexpr long kPtraceOptions = PTRACE_O_EXITKILL | PTRACE_O_TRACESECCOMP |
                                        PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK |
                                        PTRACE_O_TRACEEXIT;
+
+// fork() with the child on the caller's CPU only (process.cc).
+pid_t fork_here(cpu_set_t* mine, bool* pinned);
 
 // The seccomp program every space runs under (confine/filter.h), built once.
 const std::vector<sock_filter>& space_filter();
