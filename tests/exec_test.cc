@@ -202,3 +202,28 @@ TEST(Exec, AHostileImageWithoutTheRuntimeCannotReachTheHost) {
                 "write: child 1 killed by signal 31\n");
   EXPECT_NE(tsc.find("exited"), std::string::npos) << tsc;
 }
+
+// A thread (a dfork on a snapshot) that execs has no snapshot of its new
+// program to merge against: its join reports an error and merges nothing,
+// and its output still arrives.
+int g_untouched = 7;
+TEST(Exec, AThreadThatExecsIsNotMergedAndItsJoinSaysSo) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    CHECK_EQ(det_exec_register("target", EXEC_TARGET), 0);
+    out = captured([] {
+      if (dfork(0) == 0) {
+        g_untouched = 8;
+        execl("target", "target", "thread", static_cast<char*>(nullptr));
+        exit(120);
+      }
+      printf("join: %s\n", det_strerror(djoin(0)));
+    });
+    out += "g_untouched " + std::to_string(g_untouched) + "\n";
+  });
+  EXPECT_EQ(out,
+            "in the exec'd program's thread\n"
+            "joined 0, shared 42\n"
+            "join: Invalid argument\n"
+            "g_untouched 7\n");
+}
