@@ -17,6 +17,7 @@
 #include <system_error>
 
 #include "abi.h"
+#include "util/fd.h"
 
 #if !defined(__x86_64__) || defined(__ILP32__)
 #error "detux spaces are x86_64 (LP64) only"
@@ -104,13 +105,6 @@ struct CtxDeleter {
   void operator()(void* ctx) const { seccomp_release(ctx); }
 };
 
-struct Fd {
-  int fd;
-  ~Fd() {
-    if (fd >= 0) close(fd);
-  }
-};
-
 }  // namespace
 
 namespace {
@@ -149,7 +143,7 @@ std::vector<sock_filter> build_filter(bool load) {
   // below verifies it.
 
   // libseccomp 2.5.4 can only export to a file descriptor.
-  Fd mem{memfd_create("detux-space-filter", MFD_CLOEXEC)};
+  OwnedFd mem{memfd_create("detux-space-filter", MFD_CLOEXEC)};
   if (mem.fd < 0) throw std::system_error(errno, std::generic_category(), "memfd_create");
   check(seccomp_export_bpf(ctx.get(), mem.fd), "seccomp_export_bpf");
   struct stat st;

@@ -61,20 +61,10 @@ Result<std::vector<std::string>> Kernel::read_strings(Space& s, uint64_t array) 
     if (!m_.read(s.proc, array, &ptr, 8).ok()) return Err{-EFAULT};
     if (ptr == 0) return out;
     if (out.size() == kMaxStrings) return Err{-E2BIG};
-    std::string str;
-    for (;;) {  // a page at a time, up to its NUL
-      char buf[kPage];
-      size_t chunk = kPage - (ptr & (kPage - 1));
-      if (!m_.read(s.proc, ptr, buf, chunk).ok()) return Err{-EFAULT};
-      const void* z = std::memchr(buf, 0, chunk);
-      size_t n = z ? static_cast<size_t>(static_cast<const char*>(z) - buf) : chunk;
-      str.append(buf, n);
-      total += n;
-      if (total > kMaxStringBytes) return Err{-E2BIG};
-      if (z) break;
-      ptr += chunk;
-    }
-    out.push_back(std::move(str));
+    auto str = read_c_string(m_, s.proc, ptr, kMaxStringBytes - total);
+    if (!str.ok()) return Err{str.err()};
+    total += str->size();
+    out.push_back(std::move(*str));
   }
 }
 

@@ -16,7 +16,10 @@
 #include <detux/detux.h>
 #include <signal.h>
 
+#include <errno.h>
+
 #include <cstdint>
+#include <cstring>
 #include <span>
 #include <string>
 #include <vector>
@@ -129,5 +132,24 @@ class Machine {
                                    const std::vector<std::string>& argv,
                                    const std::vector<std::string>& envp) = 0;
 };
+
+// A NUL-terminated string at addr in p's memory, read a page at a time (so
+// that a string ending just before an unmapped page is read whole), at most
+// `max` bytes long.  -EFAULT if unreadable, -E2BIG if longer.
+inline Result<std::string> read_c_string(Machine& m, Proc* p, uint64_t addr, size_t max) {
+  constexpr uint64_t kPage = 4096;
+  std::string out;
+  for (;;) {
+    char buf[kPage];
+    size_t chunk = kPage - (addr & (kPage - 1));
+    if (!m.read(p, addr, buf, chunk).ok()) return Err{-EFAULT};
+    const void* z = std::memchr(buf, 0, chunk);
+    size_t n = z ? static_cast<size_t>(static_cast<const char*>(z) - buf) : chunk;
+    if (out.size() + n > max) return Err{-E2BIG};
+    out.append(buf, n);
+    if (z) return out;
+    addr += chunk;
+  }
+}
 
 }  // namespace detux

@@ -52,6 +52,7 @@
 #include "ptrace/birth.h"
 #include "ptrace/ptrace_machine.h"
 #include "ptrace/vma.h"
+#include "util/fd.h"
 #include "util/fixed.h"
 
 namespace detux {
@@ -64,13 +65,6 @@ const std::vector<sock_filter>& load_filter() {
   static const std::vector<sock_filter> f = confine::build_load_filter();
   return f;
 }
-
-struct OwnedFd {
-  int fd = -1;
-  ~OwnedFd() {
-    if (fd >= 0) close(fd);
-  }
-};
 
 bool write_all(int fd, const void* data, size_t len) {
   const char* p = static_cast<const char*>(data);
@@ -229,7 +223,6 @@ Status PtraceMachine::prepare_image(Proc* p) {
   // The gadget, over the loader's first instruction for a moment.
   uint64_t entry = p->regs.rip;
   uint8_t saved[3];
-  static constexpr uint8_t kGadget[3] = {0x0f, 0x05, 0xcc};
   DETUX_TRY(read(p, entry, saved, sizeof saved));
   if (!poke(p->pid, entry, kGadget, sizeof kGadget)) return Err{-EFAULT};
   // Step out of execve first (its return would overwrite the first
@@ -275,21 +268,6 @@ bool opens_read_only(long flags) {
 
 }  // namespace
 
-// A path argument, read whole (false if it does not end within PATH_MAX).
-static bool read_path(PtraceMachine* m, Proc* p, uint64_t addr, std::string* out) {
-  char buf[4096];
-  for (size_t got = 0; got < sizeof buf;) {
-    size_t chunk = std::min<size_t>(sizeof buf - got, 4096 - ((addr + got) & 4095));
-    if (!m->read(p, addr + got, buf + got, chunk).ok()) return false;
-    if (const void* z = memchr(buf + got, 0, chunk)) {
-      out->assign(buf, static_cast<const char*>(z) - buf);
-      return true;
-    }
-    got += chunk;
-  }
-  return false;
-}
-
 // Let through what a dynamic loader and a C runtime's start-up need; answer
 // the calls whose true results would differ between runs; refuse the rest.
 bool PtraceMachine::load_call(Proc* p) {
@@ -297,10 +275,11 @@ bool PtraceMachine::load_call(Proc* p) {
   const long nr = static_cast<long>(r.orig_rax);
   const long a0 = static_cast<long>(r.rdi), a1 = static_cast<long>(r.rsi),
              a2 = static_cast<long>(r.rdx), a3 = static_cast<long>(r.r10);
+  auto path_at = [&](uint64_t addr) { return read_c_string(*this, p, addr, PATH_MAX - 1); };
   auto by_path = [&](uint64_t addr, bool writes) {
-    std::string path;
-    if (!read_path(this, p, addr, &path)) return answer(-EFAULT);
-    if (!readable_files().count(path)) return answer(-ENOENT);
+    auto path = path_at(addr);
+    if (!path.ok()) return answer(-EFAULT);
+    if (!readable_files().count(*path)) return answer(-ENOENT);
     return writes ? refuse() : allow();
   };
   Decision d;
@@ -314,9 +293,9 @@ bool PtraceMachine::load_call(Proc* p) {
     case SYS_access: case SYS_stat: case SYS_lstat: d = by_path(a0, false); break;
     case SYS_faccessat: case SYS_faccessat2: d = static_cast<int>(a0) == AT_FDCWD ? by_path(a1, false) : refuse(); break;
     case SYS_newfstatat: {
-      std::string path;
-      if (!read_path(this, p, a1, &path)) d = answer(-EFAULT);
-      else if (path.empty() && (a3 & AT_EMPTY_PATH)) d = allow();  // fstat
+      auto path = path_at(a1);
+      if (!path.ok()) d = answer(-EFAULT);
+      else if (path->empty() && (a3 & AT_EMPTY_PATH)) d = allow();  // fstat
       else d = static_cast<int>(a0) == AT_FDCWD ? by_path(a1, false) : refuse();
       break;
     }

@@ -363,7 +363,6 @@ Result<long> PtraceMachine::inject(Proc* p, long nr, const long (&args)[6], pid_
   // The space may have remapped the gadget's page (Perm on itself): the
   // gadget must still be exactly `syscall; int3`, or nothing is injected.
   uint8_t code[3];
-  static constexpr uint8_t kGadget[3] = {0x0f, 0x05, 0xcc};
   if (!read(p, gadget, code, sizeof code).ok() || std::memcmp(code, kGadget, 3) != 0)
     return Err{-EPERM};
   serve();

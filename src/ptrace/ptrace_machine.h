@@ -68,6 +68,9 @@ inline constexpr long kPtraceOptions = PTRACE_O_EXITKILL | PTRACE_O_TRACESECCOMP
                                        PTRACE_O_TRACECLONE | PTRACE_O_TRACEFORK |
                                        PTRACE_O_TRACEEXIT;
 
+// `syscall; int3`: what inject() runs a call through.
+inline constexpr uint8_t kGadget[3] = {0x0f, 0x05, 0xcc};
+
 // fork() with the child on the caller's CPU only (process.cc).
 pid_t fork_here(cpu_set_t* mine, bool* pinned);
 

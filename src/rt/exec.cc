@@ -44,6 +44,7 @@
 #include "rt/fault.h"
 #include "rt/fsemu.h"
 #include "rt/heap.h"
+#include "rt/interpose.h"
 #include "rt/join.h"
 
 namespace detux::rt {
@@ -150,11 +151,6 @@ int space_exec(const char* path, char* const argv[], char* const envp[]) {
   long r = detux_trap(abi::kOpExec, 0, 0, reinterpret_cast<long>(&req), sizeof req, 0);
   errno = static_cast<int>(-r);  // only a refused exec comes back
   return -1;
-}
-
-template <typename F>
-F real(const char* name) {
-  return reinterpret_cast<F>(dlsym(RTLD_NEXT, name));
 }
 
 // execl's arguments (up to the NULL) as an array.

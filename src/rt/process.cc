@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 
 #include "ptrace/birth.h"
+#include "rt/interpose.h"
 #include "rt/join.h"
 
 namespace detux::rt {
@@ -29,11 +30,6 @@ namespace {
 
 constexpr int kMaxProcs = 256;
 bool g_used[kMaxProcs];  // libdetux data: private to each space
-
-template <typename F>
-F real(const char* name) {
-  return reinterpret_cast<F>(dlsym(RTLD_NEXT, name));
-}
 
 int encode(const det_status& st) {
   if (st.state == DET_S_EXITED) return (st.exit_code & 0xff) << 8;
