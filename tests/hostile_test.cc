@@ -812,6 +812,55 @@ TEST(TrappedInstructions, TheCpuNumberIsNeverVisibleThroughRseq) {
   EXPECT_EQ(out, "rseq cpu -2, sched_getcpu faults");
 }
 
+// ---- File mappings ----------------------------------------------------------
+
+// A space's memory never reads a file: a shared mapping and a private
+// writable one (whose untouched pages Linux serves from the file) are both
+// private copies from its birth on.  One mapping is made before the process
+// is master (prepare_master_mappings copies it then, for the master too, and
+// births skip it), one after (each birth copies it).  The file then changes
+// on disk, and the space writes through the shared mapping: neither crosses.
+char g_map_seen[3];
+TEST(FileMappings, ASpaceKeepsItsBirthViewAndNeverWritesTheFile) {
+  std::string out = twice([](std::string& out) {
+    char path[] = "/tmp/detux-mapXXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    unlink(path);
+    std::string a(2 * 4096, 'A');
+    CHECK_EQ(pwrite(fd, a.data(), a.size(), 0), static_cast<ssize_t>(a.size()));
+    auto map = [&](int flags) {
+      void* m = mmap(nullptr, 2 * 4096, PROT_READ | PROT_WRITE, flags, fd, 0);
+      CHECK(m != MAP_FAILED);
+      return static_cast<volatile char*>(m);
+    };
+    volatile char* before = map(MAP_PRIVATE);  // no page of it touched
+    CHECK_EQ(det_become_master(), 0);
+    volatile char* after = map(MAP_PRIVATE);
+    volatile char* shared = map(MAP_SHARED);
+    long r = dput(0, DET_FORK | DET_SNAP, nullptr, 0, nullptr);
+    if (r == DET_CHILD) {
+      g_map_seen[0] = before[4096];
+      g_map_seen[1] = after[4096];
+      g_map_seen[2] = shared[4096];
+      shared[0] = 'S';
+      ret_forever();
+    }
+    CHECK_EQ(r, 0L);
+    std::string b(2 * 4096, 'B');
+    CHECK_EQ(pwrite(fd, b.data(), b.size(), 0), static_cast<ssize_t>(b.size()));
+    CHECK_EQ(dput(0, DET_START, nullptr, 0, nullptr), 0L);
+    CHECK_EQ(status_of(0).state, DET_S_STOPPED);
+    CHECK_EQ(dget(0, DET_COPY, g_map_seen, sizeof g_map_seen, g_map_seen), 0L);
+    char first = 0;
+    CHECK_EQ(pread(fd, &first, 1, 0), 1);
+    out += std::string("space saw ") + std::string(g_map_seen, 3) + ", the file starts with " + first +
+           ", the master sees " + before[4096] + after[4096] + shared[4096];
+    close(fd);
+  });
+  EXPECT_EQ(out, "space saw AAA, the file starts with B, the master sees ABB");
+}
+
 // ---- 7. /proc and 8. killing the master ---------------------------------------
 
 // open and openat reach the space's own detux file system, never Linux's:

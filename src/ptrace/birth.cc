@@ -122,8 +122,11 @@ void detach_from_file(const Vma& v) {
     privatize(v.start, v.end, PROT_READ | PROT_WRITE | (v.executable ? PROT_EXEC : 0));
 }
 
-// Asks PROCMAP_QUERY; false if the kernel lacks it.
-bool sanitize_by_query(int fd, uint64_t vdso) {
+// Asks PROCMAP_QUERY; false if the kernel lacks it.  A writable file
+// mapping whose every page is already a private copy (the master made them
+// so, see prepare_master_mappings) is left as it is: populating it again
+// would only copy each page once more.
+bool sanitize_by_query(int fd, int pagemap_fd, uint64_t vdso) {
   Vma v;
   // The vDSO and the vvar pages just below it.
   if (vdso) {
@@ -148,7 +151,7 @@ bool sanitize_by_query(int fd, uint64_t vdso) {
     VmaAnswer a = vma_at_or_after(fd, at, kVmaWritable | kVmaFileBacked, &v);
     if (a == VmaAnswer::kUnsupported) return false;
     if (a == VmaAnswer::kNone) break;
-    detach_from_file(v);
+    if (pagemap_fd < 0 || !all_pages_anonymous(pagemap_fd, v.start, v.end)) detach_from_file(v);
     at = v.end;
   }
   return true;
@@ -157,7 +160,9 @@ bool sanitize_by_query(int fd, uint64_t vdso) {
 void sanitize_mappings(uint64_t vdso) {
   int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
   if (fd < 0) die(125);
-  if (!sanitize_by_query(fd, vdso)) sanitize_by_text(fd);
+  int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (!sanitize_by_query(fd, pm, vdso)) sanitize_by_text(fd);
+  if (pm >= 0) close(pm);
   close(fd);
 }
 
@@ -195,6 +200,20 @@ void forget_rseq() {
 }
 
 }  // namespace
+
+void prepare_master_mappings() {
+  constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE, Linux 5.14
+  constexpr uint64_t kMaxPrepared = 1 << 20;  // libraries' data, not a mapped data file
+  int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  Vma v;
+  for (uint64_t at = 0; vma_at_or_after(fd, at, kVmaWritable | kVmaFileBacked, &v) == VmaAnswer::kFound;
+       at = v.end) {
+    if (!v.shared && v.end - v.start <= kMaxPrepared)
+      madvise(reinterpret_cast<void*>(v.start), v.end - v.start, kPopulateWrite);
+  }
+  close(fd);
+}
 
 void space_birth(const BirthPlan& plan) {
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) die(120);

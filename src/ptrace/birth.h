@@ -37,6 +37,14 @@ struct BirthPlan {
 // Runs in the child; never returns.
 [[noreturn]] void space_birth(const BirthPlan& plan);
 
+// In the master, once: makes every page of its private writable file
+// mappings of up to 1 MiB (libraries' data) a private copy, as each space's
+// birth would.  The copies hold the same bytes; the one difference the
+// master could see is that a later change to such a file no longer shows in
+// the pages it never wrote (which POSIX leaves unspecified anyway).  A space
+// forked afterwards finds them done and copies nothing.
+void prepare_master_mappings();
+
 // Exec in a space (ptrace/exec.cc): a fresh child of the master that will
 // run a new program image.  Before execve it asks to be traced and stops,
 // joins the spaces' group, keeps only the space filter (as fd 3, for the

@@ -161,30 +161,14 @@ Result<std::vector<Vma>> vmas_in(Proc* p, MemRange r) {
 
 int open_pagemap(Proc* p) { return cached_proc(p->pid, "pagemap", &p->pagemap_fd); }
 
-// PAGEMAP_SCAN (Linux 6.7): walks the page tables and reports populated
-// ranges only, so a huge sparse mapping (a 1 GiB arena with one page
-// written, AddressSanitizer's shadow) costs what is populated, not its size.
-// Defined here because Debian 12's kernel headers predate it.
-struct PmScanArg {
-  uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
-  uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
-};
-struct PageRegion {
-  uint64_t start, end, categories;
-};
-constexpr uint64_t kPageIsPresent = 1 << 3, kPageIsSwapped = 1 << 4;
-constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
-
+// PAGEMAP_SCAN (vma.h) walks the page tables and reports populated ranges
+// only, so a huge sparse mapping (a 1 GiB arena with one page written,
+// AddressSanitizer's shadow) costs what is populated, not its size.
 // Populated ranges of [start, end); false if the kernel lacks PAGEMAP_SCAN.
 bool populated_ranges(int fd, uint64_t start, uint64_t end, std::vector<MemRange>* out) {
   PageRegion regions[256];
   while (start < end) {
-    PmScanArg arg{};
-    arg.size = sizeof arg;
-    arg.start = start;
-    arg.end = end;
-    arg.vec = reinterpret_cast<uint64_t>(regions);
-    arg.vec_len = 256;
+    PmScanArg arg = pm_scan_arg(start, end, regions, 256);
     arg.category_anyof_mask = kPageIsPresent | kPageIsSwapped;
     arg.return_mask = kPageIsPresent | kPageIsSwapped;
     long n = ioctl(fd, kPagemapScan, &arg);

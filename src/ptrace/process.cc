@@ -44,6 +44,7 @@ const std::vector<sock_filter>& space_filter() {
 PtraceMachine::PtraceMachine() {
   master_.pid = getpid();
   master_.is_master = true;
+  prepare_master_mappings();
 }
 
 // Every space faults on cpuid, and Linux rewrites an MSR on each switch

@@ -1,4 +1,4 @@
-// vma.cc: PROCMAP_QUERY (see vma.h).
+// vma.cc: PROCMAP_QUERY and PAGEMAP_SCAN (see vma.h).
 #include "ptrace/vma.h"
 
 #include <errno.h>
@@ -51,4 +51,26 @@ VmaAnswer vma_at_or_after(int maps_fd, uint64_t addr, uint64_t need, Vma* out, b
   return VmaAnswer::kFound;
 }
 
+// Every page is reported (no category asked for), holes included, in runs of
+// equal categories; the answer is yes only if the runs cover the range and
+// none is a file page or a hole.
+bool all_pages_anonymous(int pagemap_fd, uint64_t start, uint64_t end) {
+  PageRegion regions[16];
+  while (start < end) {
+    PmScanArg arg = pm_scan_arg(start, end, regions, 16);
+    arg.return_mask = kPageIsFile | kPageIsPresent | kPageIsSwapped;
+    long n = ioctl(pagemap_fd, kPagemapScan, &arg);
+    if (n <= 0) return false;
+    for (long i = 0; i < n; ++i) {
+      const PageRegion& r = regions[i];
+      if (r.start != start || (r.categories & kPageIsFile) ||
+          !(r.categories & (kPageIsPresent | kPageIsSwapped)))
+        return false;
+      start = r.end;
+    }
+  }
+  return true;
+}
+
 }  // namespace detux
+

@@ -8,6 +8,8 @@
 // here allocates: birth uses it in a freshly forked child.
 #pragma once
 
+#include <sys/ioctl.h>
+
 #include <cstdint>
 
 namespace detux {
@@ -34,5 +36,33 @@ VmaAnswer vma_at_or_after(int maps_fd, uint64_t addr, uint64_t need, Vma* out,
 
 // The ioctl command number of PROCMAP_QUERY.
 unsigned long procmap_query_cmd();
+
+// PAGEMAP_SCAN (Linux 6.7), an ioctl on /proc/PID/pagemap: the ranges of
+// pages in [start, end) whose categories match, walked in the kernel.
+// Defined here because Debian 12's kernel headers predate it.
+struct PmScanArg {
+  uint64_t size, flags, start, end, walk_end, vec, vec_len, max_pages;
+  uint64_t category_inverted, category_mask, category_anyof_mask, return_mask;
+};
+struct PageRegion {
+  uint64_t start, end, categories;
+};
+inline constexpr uint64_t kPageIsFile = 1 << 2, kPageIsPresent = 1 << 3, kPageIsSwapped = 1 << 4;
+inline constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
+
+inline PmScanArg pm_scan_arg(uint64_t start, uint64_t end, PageRegion* vec, uint64_t len) {
+  PmScanArg a{};
+  a.size = sizeof a;
+  a.start = start;
+  a.end = end;
+  a.vec = reinterpret_cast<uint64_t>(vec);
+  a.vec_len = len;
+  return a;
+}
+
+// Whether every page of [start, end) is a present (or swapped) page of
+// anonymous memory, none of them still the file's: then a private file
+// mapping no longer depends on its file.  False if unknown.
+bool all_pages_anonymous(int pagemap_fd, uint64_t start, uint64_t end);
 
 }  // namespace detux
