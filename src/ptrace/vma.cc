@@ -73,4 +73,3 @@ bool all_pages_anonymous(int pagemap_fd, uint64_t start, uint64_t end) {
 }
 
 }  // namespace detux
-

@@ -4,8 +4,10 @@
 // address that is shared / writable / file-backed" with one ioctl on an open
 // /proc/PID/maps, where reading the text file costs tens of microseconds and
 // grows with every mapping.  Birth, holes() and the dirty-page scan ask it.
-// Where the kernel lacks it the callers fall back to the text file.  Nothing
-// here allocates: birth uses it in a freshly forked child.
+// Where the kernel lacks it the callers fall back to the text file.
+// PAGEMAP_SCAN (Linux 6.7) answers, in the same way, which pages of a range
+// are populated, file-backed or swapped.  Nothing here allocates: birth uses
+// it in a freshly forked child.
 #pragma once
 
 #include <sys/ioctl.h>
