@@ -1162,6 +1162,44 @@ void after_attack(std::string& out, int child) {
   master_still_works(out);
 }
 
+// Machine code written byte by byte into a space's executable page.
+struct Code {
+  uint8_t* at;
+  size_t n = 0;
+  void emit(std::initializer_list<uint8_t> b) {
+    for (uint8_t x : b) at[n++] = x;
+  }
+  void emit64(uint64_t v) {
+    for (int k = 0; k < 8; ++k) at[n++] = static_cast<uint8_t>(v >> (8 * k));
+  }
+};
+
+// The gadget's `syscall` made `int $0x80`.
+void plant_int80() {
+  volatile uint8_t* g = g_gadget;
+  g[0] = 0xcd;
+  g[1] = 0x80;
+}
+
+// A space (child 0) runs `attack` against the gadget and stops; the master
+// then checks that no host file changed, no signal arrived, and it goes on.
+void gadget_attack(void (*attack)()) {
+  auto r = in_master(
+      [attack](std::string& out) {
+        watch_signals();
+        HostFiles files;
+        locate_gadget();
+        if (dfork(0) == 0) {
+          attack();
+          ret_forever();
+        }
+        after_attack(out, 0);
+      },
+      20);
+  note(r.out);
+  EXPECT_TRUE(r.ok()) << "status " << r.status << ": " << r.out;
+}
+
 TEST(GadgetAbuse, ShellcodeInAFreshExecutablePageFaultsOnItsSyscall) {
   std::string out = twice([](std::string& out) {
     if (dfork(0) == 0) {
@@ -1188,119 +1226,67 @@ TEST(GadgetAbuse, ShellcodePlantedAtTheGadgetCannotMakeTheSupervisorRunACall) {
   // The gadget jumps to code that creates the marker with its own syscall,
   // then traps; the supervisor runs an mprotect through the gadget for the
   // space's next Perm call.
-  auto r = in_master(
-      [](std::string& out) {
-        watch_signals();
-        HostFiles files;
-        locate_gadget();
-        if (dfork(0) == 0) {
-          g_res[0] = dget(0, DET_PERM | kRWX, reinterpret_cast<void*>(kLowCode), kPage, nullptr);
-          g_res[1] = unlock_gadget();
-          // Shellcode: open(marker, O_CREAT|O_WRONLY, 0644); int3.
-          auto* c = reinterpret_cast<uint8_t*>(kLowCode);
-          size_t n = 0;
-          auto emit = [&](std::initializer_list<uint8_t> b) {
-            for (uint8_t x : b) c[n++] = x;
-          };
-          auto emit64 = [&](uint64_t v) {
-            for (int k = 0; k < 8; ++k) c[n++] = static_cast<uint8_t>(v >> (8 * k));
-          };
-          emit({0x48, 0xbf});  // movabs rdi, marker
-          emit64(reinterpret_cast<uint64_t>(g_marker));
-          emit({0xb8, 2, 0, 0, 0});        // mov eax, SYS_open
-          emit({0xbe, 0x41, 0, 0, 0});     // mov esi, O_CREAT|O_WRONLY
-          emit({0xba, 0xa4, 0x01, 0, 0});  // mov edx, 0644
-          emit({0x0f, 0x05});              // syscall
-          emit({0xcc});                    // int3
-          // The gadget: movabs rax, kLowCode; jmp rax.
-          volatile uint8_t* g = g_gadget;
-          uint8_t jmp[12] = {0x48, 0xb8};
-          for (int k = 0; k < 8; ++k) jmp[2 + k] = static_cast<uint8_t>(kLowCode >> (8 * k));
-          jmp[10] = 0xff, jmp[11] = 0xe0;
-          for (int k = 0; k < 12; ++k) g[k] = jmp[k];
-          g_res[2] = dget(0, DET_PERM | kRW, reinterpret_cast<void*>(kLowCode), kPage, nullptr);
-          ret_forever();
-        }
-        after_attack(out, 0);
-      },
-      20);
-  note(r.out);
-  EXPECT_TRUE(r.ok()) << "status " << r.status << ": " << r.out;
+  gadget_attack([] {
+    g_res[0] = dget(0, DET_PERM | kRWX, reinterpret_cast<void*>(kLowCode), kPage, nullptr);
+    g_res[1] = unlock_gadget();
+    // Shellcode: open(marker, O_CREAT|O_WRONLY, 0644); int3.
+    Code c{reinterpret_cast<uint8_t*>(kLowCode)};
+    c.emit({0x48, 0xbf});  // movabs rdi, marker
+    c.emit64(reinterpret_cast<uint64_t>(g_marker));
+    c.emit({0xb8, 2, 0, 0, 0});        // mov eax, SYS_open
+    c.emit({0xbe, 0x41, 0, 0, 0});     // mov esi, O_CREAT|O_WRONLY
+    c.emit({0xba, 0xa4, 0x01, 0, 0});  // mov edx, 0644
+    c.emit({0x0f, 0x05});              // syscall
+    c.emit({0xcc});                    // int3
+    // The gadget: movabs rax, kLowCode; jmp rax.
+    Code jmp{g_gadget};
+    jmp.emit({0x48, 0xb8});
+    jmp.emit64(kLowCode);
+    jmp.emit({0xff, 0xe0});
+    g_res[2] = dget(0, DET_PERM | kRW, reinterpret_cast<void*>(kLowCode), kPage, nullptr);
+  });
 }
 
 TEST(GadgetAbuse, Int80PlantedAtTheGadgetCannotUnlinkAHostFile) {
-  auto r = in_master(
-      [](std::string& out) {
-        watch_signals();
-        HostFiles files;
-        locate_gadget();
-        if (dfork(0) == 0) {
-          char* low = reinterpret_cast<char*>(kLowData);
-          g_res[0] = dget(0, DET_PERM | kRW, low, kPage, nullptr);
-          copy_str(low, g_victim);
-          g_res[1] = unlock_gadget();
-          volatile uint8_t* g = g_gadget;
-          g[0] = 0xcd;
-          g[1] = 0x80;  // syscall -> int $0x80
-          // Any Perm makes the supervisor inject mprotect (10) at the gadget.
-          g_res[2] = raw_detux(detux::abi::kOpGet, 0, DET_PERM | kRW, static_cast<long>(kLowData),
-                               kPage, 0, static_cast<long>(kLowData));
-          ret_forever();
-        }
-        after_attack(out, 0);
-      },
-      20);
-  note(r.out);
-  EXPECT_TRUE(r.ok()) << "status " << r.status << ": " << r.out;
+  gadget_attack([] {
+    char* low = reinterpret_cast<char*>(kLowData);
+    g_res[0] = dget(0, DET_PERM | kRW, low, kPage, nullptr);
+    copy_str(low, g_victim);
+    g_res[1] = unlock_gadget();
+    plant_int80();
+    // Any Perm makes the supervisor inject mprotect (10) at the gadget.
+    g_res[2] = raw_detux(detux::abi::kOpGet, 0, DET_PERM | kRW, static_cast<long>(kLowData),
+                         kPage, 0, static_cast<long>(kLowData));
+  });
 }
 
 TEST(GadgetAbuse, Int80PlantedAtTheGadgetCannotCreateTheMarker) {
-  auto r = in_master(
-      [](std::string& out) {
-        watch_signals();
-        HostFiles files;
-        locate_gadget();
-        if (dfork(0) == 0) {
-          char* low = reinterpret_cast<char*>(kLowData);
-          auto* c = reinterpret_cast<uint8_t*>(kLowCode);
-          g_res[0] = dget(0, DET_PERM | kRW, low, kPage, nullptr);
-          g_res[0] = g_res[0] + dget(0, DET_PERM | kRWX, c, kPage, nullptr);
-          copy_str(low, g_victim);
-          g_res[1] = unlock_gadget();
-          // A detux Get/Perm on an unmapped page (the supervisor injects mmap),
-          // with rbx = victim; the marker's path follows the syscall, so the
-          // return address in rcx points at it.
-          size_t n = 0;
-          auto emit = [&](std::initializer_list<uint8_t> b) {
-            for (uint8_t x : b) c[n++] = x;
-          };
-          auto emit64 = [&](uint64_t v) {
-            for (int k = 0; k < 8; ++k) c[n++] = static_cast<uint8_t>(v >> (8 * k));
-          };
-          emit({0x48, 0xbb});  // movabs rbx, low (victim path)
-          emit64(kLowData);
-          emit({0xb8, 0xe7, 0x0d, 0, 0});  // mov eax, 0xde7
-          emit({0xbf, 2, 0, 0, 0});        // mov edi, 2 (get)
-          emit({0x31, 0xf6});              // xor esi, esi
-          const uint32_t flags = DET_PERM | kRW;
-          emit({0xba, static_cast<uint8_t>(flags), static_cast<uint8_t>(flags >> 8), 0, 0});
-          emit({0x49, 0xba});  // movabs r10, kUnmapped
-          emit64(kUnmapped);
-          emit({0x41, 0xb8, 0x00, 0x10, 0, 0});  // mov r8d, 4096
-          emit({0x45, 0x31, 0xc9});              // xor r9d, r9d
-          emit({0x0f, 0x05});                    // syscall; rcx = the next byte
-          copy_str(reinterpret_cast<char*>(c + n), g_marker);
-          volatile uint8_t* g = g_gadget;
-          g[0] = 0xcd;
-          g[1] = 0x80;
-          reinterpret_cast<void (*)()>(c)();  // ends executing the path: SIGILL
-          ret_forever();
-        }
-        after_attack(out, 0);
-      },
-      20);
-  note(r.out);
-  EXPECT_TRUE(r.ok()) << "status " << r.status << ": " << r.out;
+  gadget_attack([] {
+    char* low = reinterpret_cast<char*>(kLowData);
+    Code c{reinterpret_cast<uint8_t*>(kLowCode)};
+    g_res[0] = dget(0, DET_PERM | kRW, low, kPage, nullptr);
+    g_res[0] = g_res[0] + dget(0, DET_PERM | kRWX, c.at, kPage, nullptr);
+    copy_str(low, g_victim);
+    g_res[1] = unlock_gadget();
+    // A detux Get/Perm on an unmapped page (the supervisor injects mmap),
+    // with rbx = victim; the marker's path follows the syscall, so the
+    // return address in rcx points at it.
+    c.emit({0x48, 0xbb});  // movabs rbx, low (victim path)
+    c.emit64(kLowData);
+    c.emit({0xb8, 0xe7, 0x0d, 0, 0});  // mov eax, 0xde7
+    c.emit({0xbf, 2, 0, 0, 0});        // mov edi, 2 (get)
+    c.emit({0x31, 0xf6});              // xor esi, esi
+    const uint32_t flags = DET_PERM | kRW;
+    c.emit({0xba, static_cast<uint8_t>(flags), static_cast<uint8_t>(flags >> 8), 0, 0});
+    c.emit({0x49, 0xba});  // movabs r10, kUnmapped
+    c.emit64(kUnmapped);
+    c.emit({0x41, 0xb8, 0x00, 0x10, 0, 0});  // mov r8d, 4096
+    c.emit({0x45, 0x31, 0xc9});              // xor r9d, r9d
+    c.emit({0x0f, 0x05});                    // syscall; rcx = the next byte
+    copy_str(reinterpret_cast<char*>(c.at + c.n), g_marker);
+    plant_int80();
+    reinterpret_cast<void (*)()>(c.at)();  // ends executing the path: SIGILL
+  });
 }
 
 TEST(GadgetAbuse, GadgetThatNeverTrapsBackDoesNotHangTheMaster) {
