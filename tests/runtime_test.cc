@@ -124,6 +124,45 @@ TEST(Heap, RunningOutOfMemoryIsReportedAtTheSameAllocationOnEveryRun) {
   EXPECT_LT(std::stol(out), 64);
 }
 
+// The master's large blocks are backed by huge pages (fewer page-table
+// entries for every fork to copy): a child's write still moves exactly its
+// own bytes, and a byte written on both sides is still a conflict.
+TEST(Heap, ChildrenMergeByteExactIntoAHugePageBackedBlockOfTheMaster) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    constexpr size_t kLen = 16 << 20;
+    auto* big = static_cast<uint8_t*>(malloc(kLen));
+    CHECK(big != nullptr);
+    memset(big, 1, kLen);
+    g_blocks[0] = reinterpret_cast<int*>(big);
+    for (int c = 0; c < 4; ++c) {
+      if (dfork(c) == 0) {
+        auto* b = reinterpret_cast<uint8_t*>(g_blocks[0]);
+        for (size_t at = c; at < kLen; at += 1 << 20) b[at] = static_cast<uint8_t>(10 + c);
+        ret_forever();
+      }
+    }
+    big[(5 << 20) + 100] = 7;  // the master's own write, between the children's bytes
+    for (int c = 0; c < 4; ++c) CHECK_EQ(djoin(c), 0);
+    size_t changed = 0;
+    for (size_t i = 0; i < kLen; ++i) changed += big[i] != 1;
+    CHECK_EQ(changed, size_t{4 * 16 + 1});
+    CHECK_EQ(int{big[(3 << 20) + 2]}, 12);
+    CHECK_EQ(int{big[(5 << 20) + 100]}, 7);
+    if (dfork(9) == 0) {
+      reinterpret_cast<uint8_t*>(g_blocks[0])[(9 << 20) + 100] = 3;
+      ret_forever();
+    }
+    big[(9 << 20) + 100] = 4;
+    det_status st{};
+    CHECK_EQ(djoin_status(9, &st), -DET_ECONFLICT);
+    out += std::to_string(reinterpret_cast<uintptr_t>(big) % 4096) + " conflict at +" +
+           std::to_string(st.conflict_addr - reinterpret_cast<uintptr_t>(big));
+    free(big);
+  });
+  EXPECT_NE(out.find("conflict at +" + std::to_string((9 << 20) + 100)), std::string::npos) << out;
+}
+
 TEST(Heap, FreeingAPointerTheHeapNeverGaveFaultsTheSpaceAndTheParentIsTold) {
   NEEDS_DETUX_MALLOC();
   std::string out = twice([](std::string& out) {
