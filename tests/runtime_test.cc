@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 
 #include "harness.h"
@@ -477,6 +478,28 @@ struct Actor {
   double y;
 };
 Actor g_actor[8];
+
+// Whether a shared object whose file name contains `name` is mapped here.
+bool mapped(const char* name) {
+  std::ifstream maps("/proc/self/maps");
+  for (std::string line; std::getline(maps, line);)
+    if (line.find(name) != std::string::npos) return true;
+  return false;
+}
+
+// Every mapping costs every fork of the master and every exit of a space,
+// and elfutils is five libraries: it is loaded when a name is asked for.
+TEST(Names, ElfutilsIsMappedOnlyOnceAnAddressIsNamed) {
+  NEEDS_DETUX_MALLOC();
+  detux::thread t(1, [] { g_actor[1].x = 5; });  // the process is master, with a space
+  t.join();
+  ASSERT_EQ(g_actor[1].x, 5);
+  EXPECT_FALSE(mapped("libdw")) << "libdw was mapped before any name was asked for";
+  char buf[256];
+  det_describe_address(reinterpret_cast<uint64_t>(&g_actor[2].y), buf, sizeof buf);
+  EXPECT_EQ(std::string(buf).substr(0, 11), "g_actor[2].") << buf;
+  EXPECT_TRUE(mapped("libdw"));
+}
 TEST(Cxx, AJoinConflictNamesTheVariableFromDebugInfo) {
   NEEDS_DETUX_MALLOC();
   std::string out = twice([](std::string& out) {

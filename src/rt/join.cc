@@ -12,7 +12,6 @@
 #include "rt/console.h"
 #include "rt/fsemu.h"
 #include "rt/heap.h"
-#include "rt/symbolize.h"
 
 namespace detux::rt {
 
@@ -133,8 +132,6 @@ long merge_range(det_child_t child, uint64_t start, uint64_t len) {
 }
 
 }  // namespace
-
-std::string describe(uint64_t addr) { return describe_address(addr); }
 
 const std::string& last_fs_conflicts() { return g_fs_report; }
 
