@@ -311,6 +311,18 @@ TEST(SpaceFilterPolicy, ExportedProgramIsAValidSizedBpfProgram) {
   EXPECT_EQ(BPF_CLASS(prog.back().code), BPF_RET);
 }
 
+// Linux emulates a new filter for every call number until its first load of
+// a field other than nr and arch; the space filter's first instruction is
+// such a load, so installing it in every birth skips ~900 emulations.
+TEST(SpaceFilterPolicy, FirstInstructionLoadsTheInstructionPointer) {
+  const std::vector<sock_filter> load = detux::confine::build_load_filter();
+  for (const auto* prog : {&space_filter(), &load}) {
+    ASSERT_FALSE(prog->empty());
+    EXPECT_EQ((*prog)[0].code, BPF_LD | BPF_W | BPF_ABS);
+    EXPECT_EQ((*prog)[0].k, offsetof(seccomp_data, instruction_pointer));
+  }
+}
+
 TEST(SpaceFilterPolicy, EveryX86_64NumberIsSortedIntoItsBin) {
   for (uint32_t nr = 0; nr < 0x10000; ++nr) {
     uint32_t want = kRefused;

@@ -45,6 +45,11 @@
 // runs the exported program through evaluate_filter on a sweep of inputs and
 // throws if any answer differs from the policy above.
 //
+// One instruction is ours, in front of libseccomp's program: a load of the
+// instruction pointer, which libseccomp's first load (arch) overwrites.  It
+// changes no answer; it stops Linux from emulating the whole program for
+// every system call number when a space installs it (filter.cc says why).
+//
 // install_filter runs in a freshly forked child of a process that may have
 // had other threads: it must not allocate, take locks, or touch anything
 // but the already-built program and two system calls.
