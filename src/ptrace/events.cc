@@ -104,7 +104,7 @@ bool PtraceMachine::decode(pid_t pid, int st, StopEvent* ev) {
     if (WIFEXITED(st) || WIFSIGNALED(st)) {
       auto r = refs_.find(pid);
       if (r != refs_.end()) {  // killed from outside: the owner loses it
-        r->second->ref_pid = 0;
+        forget_ref(r->second);
         refs_.erase(r);
       }
     }

@@ -89,19 +89,21 @@ Result<pid_t> PtraceMachine::wait_pid(pid_t pid, int* status) {
 
 // Kill without waiting for the death: a dying process tears down its memory
 // for a while (milliseconds for large spaces).  A stopped one first loses
-// PTRACE_O_TRACEEXIT so that it does not stop again on the way out.  The
+// PTRACE_O_TRACEEXIT so that it does not stop again on the way out; one
+// already in its exit stop is not woken by SIGKILL and is continued.  The
 // zombie is reaped by reap_graveyard() or by the next wait.
-void PtraceMachine::kill_later(pid_t pid, bool stopped) {
+void PtraceMachine::kill_later(pid_t pid, StopKind stop) {
   if (pid <= 0) return;
-  if (stopped) ptrace(PTRACE_SETOPTIONS, pid, nullptr, kPtraceOptions & ~PTRACE_O_TRACEEXIT);
+  const bool running = stop == StopKind::kRunning;
+  if (!running) ptrace(PTRACE_SETOPTIONS, pid, nullptr, kPtraceOptions & ~PTRACE_O_TRACEEXIT);
   kill(pid, SIGKILL);
-  if (!stopped) {  // it will stop once more, at PTRACE_EVENT_EXIT, holding its memory
+  if (running) {  // it will stop once more, at PTRACE_EVENT_EXIT, holding its memory
     int st;
     while (waitpid(pid, &st, __WALL) < 0 && errno == EINTR) {
     }
     if (WIFEXITED(st) || WIFSIGNALED(st)) return;
   }
-  ptrace(PTRACE_CONT, pid, nullptr, nullptr);  // an exit stop is not woken by SIGKILL
+  if (running || stop == StopKind::kExit) ptrace(PTRACE_CONT, pid, nullptr, nullptr);
   graveyard_.push_back(pid);
   reap_graveyard();
 }
@@ -266,11 +268,7 @@ Result<Proc*> PtraceMachine::fork_space(Proc* parent, bool snapshot) {
 
 Status PtraceMachine::snapshot(Proc* p) {
   DETUX_ASSERT(!p->is_master);
-  if (p->ref_pid > 0) {
-    refs_.erase(p->ref_pid);
-    kill_later(p->ref_pid, true);
-    p->ref_pid = 0;
-  }
+  drop_ref(p);
   p->dirty_accum.clear();
   p->remapped.clear();
   auto ref = inject_clone(p);
@@ -279,7 +277,23 @@ Status PtraceMachine::snapshot(Proc* p) {
   return ok_status();
 }
 
+// Kill p's snapshot (if any) and forget it.
+void PtraceMachine::drop_ref(Proc* p) {
+  if (p->ref_pid > 0) {
+    refs_.erase(p->ref_pid);
+    kill_later(p->ref_pid, StopKind::kSignal);
+  }
+  forget_ref(p);
+}
+
+void PtraceMachine::forget_ref(Proc* p) {
+  if (p->ref_pagemap_fd >= 0) close(p->ref_pagemap_fd);
+  p->ref_pagemap_fd = -1;
+  p->ref_pid = 0;
+}
+
 void PtraceMachine::set_ref(Proc* p, pid_t ref) {
+  DETUX_ASSERT(p->ref_pid <= 0 && p->ref_pagemap_fd < 0);
   p->ref_pid = ref;
   p->dirty_accum.clear();
   p->remapped.clear();
@@ -293,7 +307,7 @@ Result<pid_t> PtraceMachine::inject_clone(Proc* p) {
   const long args[6] = {CLONE_PARENT, 0, 0, 0, 0, 0};
   auto r = inject(p, SYS_clone, args, &child);
   if (!r.ok() || *r < 0 || *r != child) {
-    if (child > 0) kill_later(child, false);  // it was made: never let it live
+    if (child > 0) kill_later(child, StopKind::kRunning);  // it was made: never let it live
     return Err{!r.ok() ? r.err() : *r < 0 ? *r : -ECHILD};
   }
   int st;
@@ -304,13 +318,10 @@ Result<pid_t> PtraceMachine::inject_clone(Proc* p) {
 
 void PtraceMachine::destroy(Proc* p) {
   DETUX_ASSERT(!p->is_master);
-  if (p->ref_pid > 0) {
-    refs_.erase(p->ref_pid);
-    kill_later(p->ref_pid, true);
-  }
+  drop_ref(p);
   if (p->pagemap_fd >= 0) close(p->pagemap_fd);
   if (p->maps_fd >= 0) close(p->maps_fd);
-  if (p->stop != StopKind::kDead) kill_later(p->pid, p->stop != StopKind::kRunning);
+  if (p->stop != StopKind::kDead) kill_later(p->pid, p->stop);
   procs_.erase(p->pid);
 }
 

@@ -52,6 +52,7 @@ struct Proc {
   bool regs_valid = false;    // regs were read (or written) at this stop
   bool regs_dirty = false;    // regs were changed here and not yet written
   pid_t ref_pid = 0;                  // the frozen snapshot, if any
+  int ref_pagemap_fd = -1;            // its /proc/PID/pagemap, once opened
   std::vector<uint64_t> dirty_accum;  // pages written before it forked
   std::vector<MemRange> remapped;     // zero-mapped since the snapshot
   uint64_t tsc = 0;                   // emulated time stamp counter
@@ -121,6 +122,8 @@ class PtraceMachine final : public Machine {
  private:
   Result<Proc*> spawn_from_master(bool snapshot);
   void set_ref(Proc* p, pid_t ref);
+  void drop_ref(Proc* p);
+  void forget_ref(Proc* p);
   Result<pid_t> inject_clone(Proc* p);
   // At `gadget` (default: libdetux's) there must be `syscall; int3`.
   Result<long> inject(Proc* p, long nr, const long (&args)[6],
@@ -137,7 +140,7 @@ class PtraceMachine final : public Machine {
   bool answer_query(Proc* p);
   Result<pid_t> wait_pid(pid_t pid, int* status);
   void kill_and_reap(pid_t pid);
-  void kill_later(pid_t pid, bool stopped);
+  void kill_later(pid_t pid, StopKind stop);
   void reap_graveyard();
   void serve();
   void pin(Proc* p);
