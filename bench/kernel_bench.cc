@@ -480,32 +480,49 @@ void BM_MasterCopy64(benchmark::State& state) {
   record("master_copy64", us);
 }
 
+// A plain forked process (no detux) that waits, blocked on a pipe, until
+// this object goes: then it exits and is reaped.
+struct IdleChild {
+  pid_t pid = -1;
+  int wake = -1;  // closing it ends the child
+  IdleChild() {
+    int p[2];
+    if (pipe(p) != 0) return;
+    pid = fork();
+    if (pid == 0) {
+      close(p[1]);
+      char c;
+      (void)!read(p[0], &c, 1);
+      _exit(0);
+    }
+    close(p[0]);
+    wake = p[1];
+  }
+  ~IdleChild() {
+    if (wake >= 0) close(wake);
+    if (pid > 0) waitpid(pid, nullptr, 0);
+  }
+  IdleChild(const IdleChild&) = delete;
+  IdleChild& operator=(const IdleChild&) = delete;
+  bool ok() const { return pid > 0; }
+};
+
 // Baseline: process_vm_writev of 64 bytes into a plain, blocked process.
 void BM_ProcessVmWritev64(benchmark::State& state) {
-  int p[2];
-  if (pipe(p) != 0) {
-    state.SkipWithError("pipe");
+  IdleChild child;
+  if (!child.ok()) {
+    state.SkipWithError("fork");
     return;
   }
-  pid_t pid = fork();
-  if (pid == 0) {
-    close(p[1]);
-    char c;
-    (void)!read(p[0], &c, 1);
-    _exit(0);
-  }
-  close(p[0]);
   double t0 = now_s();
   for (auto _ : state) {
     iovec l{g_copy_src, 64}, rem{const_cast<char*>(g_copy_dst), 64};
-    if (process_vm_writev(pid, &l, 1, &rem, 1, 0) != 64) {
+    if (process_vm_writev(child.pid, &l, 1, &rem, 1, 0) != 64) {
       state.SkipWithError("process_vm_writev");
       break;
     }
   }
   double us = (now_s() - t0) / static_cast<double>(state.iterations()) * 1e6;
-  close(p[1]);
-  waitpid(pid, nullptr, 0);
   state.counters["us_per_call"] = us;
   record("pvm_writev64", us);
 }
@@ -742,27 +759,17 @@ void BM_CowFault64M(benchmark::State& state) {
   const size_t pages = k64M / kPage;
   double total = 0;
   for (auto _ : state) {
-    int p[2];
-    if (pipe(p) != 0) {
-      state.SkipWithError("pipe");
+    IdleChild child;  // shares every page until it exits
+    if (!child.ok()) {
+      state.SkipWithError("fork");
       break;
     }
-    pid_t pid = fork();
-    if (pid == 0) {
-      close(p[1]);
-      char c;
-      (void)!read(p[0], &c, 1);
-      _exit(0);
-    }
-    close(p[0]);
     double t0 = now_s();
     for (size_t k = 0; k < pages; ++k) reg.p[k * kPage + 8] = static_cast<uint8_t>(k);
     benchmark::ClobberMemory();
     double dt = now_s() - t0;
     state.SetIterationTime(dt);
     total += dt;
-    close(p[1]);
-    waitpid(pid, nullptr, 0);
   }
   double us = total / static_cast<double>(state.iterations() * pages) * 1e6;
   state.counters["us_per_page"] = us;

@@ -1469,4 +1469,32 @@ TEST(OutsideSignals, NeverRunInASpaceAndNeverStopIt) {
   EXPECT_NE(out.find("seen 0 flag 0 iters 3000000000"), std::string::npos) << out;
 }
 
+// Below a new space's stack pointer lies what the supervisor left on the
+// master's stack while it made the space (pids, wait statuses, clock
+// readings).  A space reading it must find the same bytes on every run.
+volatile uint64_t g_dead_stack_hash;
+
+__attribute__((noinline, no_sanitize("address"))) uint64_t hash_below_my_frame() {
+  auto* sp = static_cast<volatile uint64_t*>(__builtin_frame_address(0));
+  uint64_t h = 1469598103934665603ULL;
+  for (int i = 64; i < 8192; ++i) h = (h ^ sp[-i]) * 1099511628211ULL;  // 64 KiB
+  return h;
+}
+
+TEST(DeadStack, WhatTheSupervisorLeftBelowANewSpacesStackIsTheSameEveryRun) {
+  std::string out = twice([](std::string& out) {
+    for (int round = 0; round < 3; ++round) {  // the supervisor's stack fills up
+      if (dfork(round) == 0) {
+        g_dead_stack_hash = hash_below_my_frame();
+        ret_forever();
+      }
+      CHECK_EQ(djoin(round), 0);
+      char hex[24];
+      std::snprintf(hex, sizeof hex, "%016llx ", static_cast<unsigned long long>(g_dead_stack_hash));
+      out += hex;
+    }
+  });
+  note(out);
+}
+
 }  // namespace

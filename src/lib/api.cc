@@ -100,7 +100,11 @@ long master_call(long op, det_child_t child, unsigned long flags, void* addr, si
   g_entry = &here;
   detux::Call c{op, child, flags, reinterpret_cast<uint64_t>(addr), size,
                 reinterpret_cast<uint64_t>(child_addr)};
+  uint64_t sp;  // a new space returns above it; below is the supervisor's
+  asm volatile("mov %%rsp, %0" : "=r"(sp));
+  detux::set_entry_stack_top(sp);
   long r = g_master->kernel.master_call(c);
+  detux::set_entry_stack_top(0);
   g_entry = outer;
   return r;
 }

@@ -80,3 +80,5 @@ extern volatile int g_in_space;
 extern "C" long detux_trap(long op, long child, long flags, long addr,
                            long size, long child_addr);
 extern "C" char detux_gadget[];
+// gadget.S: where a space the master made starts (PtraceMachine::start_clean).
+extern "C" char detux_space_entry[];

@@ -146,17 +146,12 @@ Result<Proc*> PtraceMachine::exec_space(std::span<const uint8_t> image,
   // cross-CPU wakeup; the first resume() after its birth lets it go.
   cpu_set_t mine;
   bool pinned = false;
-  pid_t pid = fork_here(&mine, &pinned);
-  if (pid == 0) exec_birth_helper(plan);
-  if (pid < 0) return Err{-errno};
+  auto born = fork_traced(
+      [](const void* plan) { exec_birth_helper(*static_cast<const ExecPlan*>(plan)); }, &plan,
+      kPtraceOptions | PTRACE_O_TRACEEXEC, &mine, &pinned);
+  if (!born.ok()) return Err{born.err()};
+  const pid_t pid = *born;
   int st;
-  DETUX_TRY(wait_pid(pid, &st));
-  if (!WIFSTOPPED(st) || WSTOPSIG(st) != SIGSTOP ||
-      ptrace(PTRACE_SETOPTIONS, pid, nullptr, kPtraceOptions | PTRACE_O_TRACEEXEC) != 0 ||
-      ptrace(PTRACE_CONT, pid, nullptr, nullptr) != 0) {
-    kill_and_reap(pid);
-    return Err{-ECHILD};
-  }
   // Its execveat (under the load filter), then the exec stop.
   for (;;) {
     DETUX_TRY(wait_pid(pid, &st));

@@ -24,4 +24,70 @@ detux_trap:
 	syscall
 	ret
 	.size detux_trap, .-detux_trap
+/* Where a space the master made starts: the supervisor points rip here,
+ * with rsp at the top of the stack it shares with the master (below it, the
+ * supervisor's dead frames, already zeroed), rdi = the function to run
+ * (never returns: it jumps back into the dput() that made the space) and
+ * rsi = 1 if the CPU has AVX.  Nothing the supervisor left in a register may
+ * reach the program: the vector and x87 registers are zeroed (control words
+ * kept: they are the program's), then every general register but rsp. */
+	.globl detux_space_entry
+	.hidden detux_space_entry
+	.type detux_space_entry, @function
+	.p2align 4
+detux_space_entry:
+	movq %rdi, %r11
+	testq %rsi, %rsi
+	jz 1f
+	vzeroall
+	jmp 2f
+1:	pxor %xmm0, %xmm0
+	pxor %xmm1, %xmm1
+	pxor %xmm2, %xmm2
+	pxor %xmm3, %xmm3
+	pxor %xmm4, %xmm4
+	pxor %xmm5, %xmm5
+	pxor %xmm6, %xmm6
+	pxor %xmm7, %xmm7
+	pxor %xmm8, %xmm8
+	pxor %xmm9, %xmm9
+	pxor %xmm10, %xmm10
+	pxor %xmm11, %xmm11
+	pxor %xmm12, %xmm12
+	pxor %xmm13, %xmm13
+	pxor %xmm14, %xmm14
+	pxor %xmm15, %xmm15
+2:	subq $16, %rsp
+	fnstcw (%rsp)
+	fninit			/* empties the x87 stack; the registers keep their bits */
+	fldz
+	fldz
+	fldz
+	fldz
+	fldz
+	fldz
+	fldz
+	fldz			/* now all eight hold zero */
+	fninit
+	fldcw (%rsp)
+	movq $0, (%rsp)
+	addq $16, %rsp
+	xorl %eax, %eax
+	xorl %ebx, %ebx
+	xorl %ecx, %ecx
+	xorl %edx, %edx
+	xorl %esi, %esi
+	xorl %edi, %edi
+	xorl %ebp, %ebp
+	xorl %r8d, %r8d
+	xorl %r9d, %r9d
+	xorl %r10d, %r10d
+	xorl %r12d, %r12d
+	xorl %r13d, %r13d
+	xorl %r14d, %r14d
+	xorl %r15d, %r15d
+	call *%r11
+	ud2
+	.size detux_space_entry, .-detux_space_entry
+
 	.section .note.GNU-stack,"",@progbits

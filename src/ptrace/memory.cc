@@ -291,6 +291,19 @@ Status PtraceMachine::copy_pages(Proc* from, Proc* to, std::span<const uint64_t>
   return ok_status();
 }
 
+// The master's stack below `top`, from the lowest page ever populated in
+// its mapping (without PAGEMAP_SCAN: from the mapping's start).
+Result<MemRange> PtraceMachine::stack_below(uint64_t top) {
+  auto maps = vmas_in(&master_, MemRange{top - 1, 1});
+  if (!maps.ok()) return Err{maps.err()};
+  if (maps->empty() || maps->front().start > top - 1) return Err{-EFAULT};
+  uint64_t lo = maps->front().start;
+  std::vector<MemRange> used;
+  int fd = open_pagemap(&master_);
+  if (fd >= 0 && populated_ranges(fd, lo, top, &used)) lo = used.empty() ? top : used.front().start;
+  return MemRange{lo, top - lo};
+}
+
 Result<std::vector<MemRange>> PtraceMachine::holes(Proc* p, MemRange r) {
   auto maps = vmas_in(p, r);
   if (!maps.ok()) return Err{maps.err()};

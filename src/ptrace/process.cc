@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "abi.h"
@@ -31,6 +32,7 @@ uint64_t gadget_addr() { return reinterpret_cast<uint64_t>(&detux_gadget); }
 
 sock_fprog g_fprog;
 BirthPlan g_plan;
+uint64_t g_entry_top = 0;  // set_entry_stack_top
 
 bool is_event(int status, int event) { return (status >> 8) == (SIGTRAP | (event << 8)); }
 
@@ -78,6 +80,7 @@ PtraceMachine::~PtraceMachine() {
 
 void set_child_entry(void (*entry)()) { g_plan.entry = entry; }
 void set_sigsys_handler(void (*handler)(int, siginfo_t*, void*)) { g_plan.sigsys = handler; }
+void set_entry_stack_top(uint64_t sp) { g_entry_top = sp; }
 
 Result<pid_t> PtraceMachine::wait_pid(pid_t pid, int* status) {
   for (;;) {
@@ -186,6 +189,24 @@ pid_t fork_here(cpu_set_t* mine, bool* pinned) {
   return pid;
 }
 
+// fork_here(), the child running `birth` (which asks to be traced and stops
+// with SIGSTOP), then `options` and a PTRACE_CONT: the child runs on, traced.
+Result<pid_t> PtraceMachine::fork_traced(void (*birth)(const void*), const void* plan,
+                                         long options, cpu_set_t* mine, bool* pinned) {
+  pid_t pid = fork_here(mine, pinned);
+  if (pid == 0) birth(plan);  // never returns
+  if (pid < 0) return Err{-errno};
+  int st;
+  DETUX_TRY(wait_pid(pid, &st));
+  if (!WIFSTOPPED(st) || WSTOPSIG(st) != SIGSTOP ||
+      ptrace(PTRACE_SETOPTIONS, pid, nullptr, options) != 0 ||
+      ptrace(PTRACE_CONT, pid, nullptr, nullptr) != 0) {
+    kill_and_reap(pid);
+    return Err{-ECHILD};
+  }
+  return pid;
+}
+
 Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
   DETUX_ASSERT(g_plan.entry != nullptr);
   auto& f = space_filter();
@@ -199,21 +220,12 @@ Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
   serve();
   cpu_set_t mine;
   bool pinned = false;
-  pid_t pid = fork_here(&mine, &pinned);
-  if (pid == 0) space_birth(g_plan);
-  if (pid < 0) return Err{-errno};
-  int st;
-  DETUX_TRY(wait_pid(pid, &st));
-  if (!WIFSTOPPED(st) || WSTOPSIG(st) != SIGSTOP) {
-    kill_and_reap(pid);
-    return Err{-ECHILD};
-  }
-  if (ptrace(PTRACE_SETOPTIONS, pid, nullptr, kPtraceOptions) != 0 ||
-      ptrace(PTRACE_CONT, pid, nullptr, nullptr) != 0) {
-    kill_and_reap(pid);
-    return Err{-ECHILD};
-  }
+  auto born = fork_traced([](const void* plan) { space_birth(*static_cast<const BirthPlan*>(plan)); },
+                          &g_plan, kPtraceOptions, &mine, &pinned);
+  if (!born.ok()) return Err{born.err()};
+  const pid_t pid = *born;
   pid_t ref = 0;
+  int st;
   DETUX_TRY(wait_pid(pid, &st));
   if (snapshot && (is_event(st, PTRACE_EVENT_CLONE) || is_event(st, PTRACE_EVENT_FORK))) {
     unsigned long msg = 0;
@@ -238,8 +250,43 @@ Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
   p->affinity = mine;
   p->stop = StopKind::kSyscall;
   p->call_pending = true;  // the kOpBirth call; its result is ignored
-  DETUX_TRY(fetch_regs(p));
+  Status clean = start_clean(p);
+  if (!clean.ok()) {
+    destroy(p);
+    return Err{clean.err()};
+  }
   return p;
+}
+
+// A space made by the master is a copy of the master in the middle of this
+// call: below the dput() it returns into lie the supervisor's dead frames
+// (pids, wait statuses, clock readings), and the registers hold whatever the
+// supervisor last computed.  None of that may reach the program, or a space
+// reading below its stack pointer would see different bytes on every run.
+// So the dead stack, from its lowest populated page up to the call's stack
+// pointer, is zeroed, and the space enters through detux_space_entry, which
+// zeroes the registers before it jumps back into dput().
+Status PtraceMachine::start_clean(Proc* p) {
+  DETUX_TRY(fetch_regs(p));
+  const uint64_t top = g_entry_top & ~15ULL;
+  if (top == 0) return ok_status();  // not from a library call (machine tests)
+  auto dead = stack_below(top);
+  if (!dead.ok()) return Err{dead.err()};
+  static const uint8_t zeros[1 << 16] = {};
+  for (uint64_t at = dead->start; at < dead->end();) {
+    size_t n = std::min<uint64_t>(sizeof zeros, dead->end() - at);
+    DETUX_TRY(write(p, at, zeros, n));
+    at += n;
+  }
+  static const bool avx = __builtin_cpu_supports("avx");
+  user_regs_struct& r = p->regs;
+  r.rip = reinterpret_cast<uint64_t>(detux_space_entry);
+  r.rsp = top;
+  r.rdi = reinterpret_cast<uint64_t>(g_plan.entry);
+  r.rsi = avx ? 1 : 0;
+  r.eflags = 0x202;  // IF and the always-set bit
+  p->regs_dirty = true;
+  return ok_status();
 }
 
 Result<Proc*> PtraceMachine::fork_space(Proc* parent, bool snapshot) {

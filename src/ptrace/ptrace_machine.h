@@ -81,6 +81,10 @@ const std::vector<sock_filter>& space_filter();
 // The function a space made by the master runs when first started: it jumps
 // back into the dput() that created it.  Set once by the library.
 void set_child_entry(void (*entry)());
+// The stack pointer of the master's detux call in progress, or 0: what lies
+// below it is the supervisor's, and a space the master makes during the call
+// gets it zeroed (PtraceMachine::start_clean).  Set by the library.
+void set_entry_stack_top(uint64_t sp);
 // The handler every space runs for the calls the filter traps (birth.h).
 void set_sigsys_handler(void (*handler)(int, siginfo_t*, void*));
 
@@ -120,7 +124,11 @@ class PtraceMachine final : public Machine {
                            const std::vector<std::string>& envp) override;
 
  private:
+  Result<pid_t> fork_traced(void (*birth)(const void*), const void* plan, long options,
+                            cpu_set_t* mine, bool* pinned);
   Result<Proc*> spawn_from_master(bool snapshot);
+  Status start_clean(Proc* p);
+  Result<MemRange> stack_below(uint64_t top);  // memory.cc
   void set_ref(Proc* p, pid_t ref);
   void drop_ref(Proc* p);
   void forget_ref(Proc* p);
