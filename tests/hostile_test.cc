@@ -1497,4 +1497,68 @@ TEST(DeadStack, WhatTheSupervisorLeftBelowANewSpacesStackIsTheSameEveryRun) {
   note(out);
 }
 
+// What the supervisor keeps in the master's memory (its heap: the tree of
+// spaces, their pids) is the master's, not the program's: a space reading
+// there must find the same bytes on every run.
+__attribute__((noinline, no_sanitize("address"))) uint64_t hash_range(uint64_t at, size_t len) {
+  auto* p = reinterpret_cast<volatile const uint64_t*>(at);
+  uint64_t h = 1469598103934665603ULL;
+  for (size_t i = 0; i < len / 8; ++i) h = (h ^ p[i]) * 1099511628211ULL;
+  return h;
+}
+
+volatile uint64_t g_state_hash[3];
+
+// The writable segments of libdetux (the supervisor's globals among them),
+// found in the master: dl_iterate_phdr would touch the vDSO, which a space
+// does not have.
+struct Segment {
+  uint64_t lo = 0, len = 0;
+};
+std::vector<Segment> libdetux_data() {
+  std::vector<Segment> out;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* segs) {
+        if (!info->dlpi_name || !std::strstr(info->dlpi_name, "libdetux.so")) return 0;
+        for (int i = 0; i < info->dlpi_phnum; ++i) {
+          const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+          if (ph.p_type != PT_LOAD || !(ph.p_flags & PF_W)) continue;
+          static_cast<std::vector<Segment>*>(segs)->push_back(
+              {(info->dlpi_addr + ph.p_vaddr) & ~7ULL, ph.p_memsz & ~7ULL});
+        }
+        return 1;
+      },
+      &out);
+  return out;
+}
+
+TEST(SupervisorState, ASpaceReadingTheSupervisorsHeapGlobalsAndThreadDescriptorSeesTheSameEveryRun) {
+  std::string out = twice([](std::string& out) {
+    static std::vector<Segment> data;
+    data = libdetux_data();
+    CHECK_EQ(data.empty(), false);
+    // Round 0 warms up: the first detux call changes the master itself (the
+    // runtime's lazily bound wrappers), so only later rounds are compared.
+    for (int round = 0; round < 3; ++round) {
+      if (dfork(round) == 0) {
+        uint64_t tp;
+        asm("mov %%fs:0, %0" : "=r"(tp));
+        g_state_hash[0] = hash_range(0x500000000000ULL, 1 << 20);  // the supervisor's heap
+        g_state_hash[1] = hash_range(tp, 1024);                     // glibc's thread descriptor
+        g_state_hash[2] = 0;  // the supervisor's globals
+        for (const Segment& d : data) g_state_hash[2] ^= hash_range(d.lo, d.len);
+        ret_forever();
+      }
+      CHECK_EQ(djoin(round), 0);
+      char hex[64];
+      std::snprintf(hex, sizeof hex, "%016llx %016llx %016llx ",
+                    static_cast<unsigned long long>(g_state_hash[0]),
+                    static_cast<unsigned long long>(g_state_hash[1]),
+                    static_cast<unsigned long long>(g_state_hash[2]));
+      if (round > 0) out += hex;
+    }
+  });
+  note(out);
+}
+
 }  // namespace

@@ -20,6 +20,7 @@
 #include "ptrace/birth.h"
 #include "ptrace/ptrace_machine.h"
 #include "rt/fault.h"
+#include "rt/heap.h"
 #include "rt/fsemu.h"
 #include "rt/join.h"
 
@@ -83,6 +84,8 @@ long ensure_master() {
   detux::rt::SystemHeap system;
   g_master = new Master;
   detux::set_child_entry(child_entry);
+  detux::rt::Extent sys = detux::rt::system_heap_span();
+  detux::set_supervisor_memory(sys.lo, sys.size());
   detux::set_sigsys_handler(detux::rt::on_sigsys);
   const char* t = getenv("DETUX_TRACE");
   g_master->kernel.set_trace(t && *t && strcmp(t, "0") != 0);

@@ -199,7 +199,37 @@ void forget_rseq() {
   area->cpu_id = static_cast<uint32_t>(RSEQ_CPU_ID_REGISTRATION_FAILED);
 }
 
+// The pids in the plan, the supervisor's heap, and the space's pid where
+// glibc keeps it: see space_birth in birth.h.
+void forget_the_supervisor(BirthPlan& plan) {
+  plan.master_pid = 0;
+  plan.pgid = 0;
+  // MADV_DONTNEED covers the mapped parts and says ENOMEM for the holes.
+  if (plan.hidden_len) madvise(reinterpret_cast<void*>(plan.hidden_start), plan.hidden_len, MADV_DONTNEED);
+  if (plan.tid_offset >= 0) {
+    char* tp;
+    asm("mov %%fs:0, %0" : "=r"(tp));
+    auto* tid = reinterpret_cast<int*>(tp + plan.tid_offset);
+    if (*tid == static_cast<int>(syscall(SYS_getpid))) *tid = kSpaceTid;
+  }
+}
+
 }  // namespace
+
+long find_tid_offset() {
+  char* tp;
+  asm("mov %%fs:0, %0" : "=r"(tp));
+  const int tid = static_cast<int>(syscall(SYS_gettid));
+  long found = -1;
+  for (long off = 0; off < 1024; off += 4) {
+    int v;
+    std::memcpy(&v, tp + off, sizeof v);
+    if (v != tid) continue;
+    if (found >= 0) return -1;  // twice: cannot tell which
+    found = off;
+  }
+  return found;
+}
 
 void prepare_master_mappings() {
   constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE, Linux 5.14
@@ -215,7 +245,7 @@ void prepare_master_mappings() {
   close(fd);
 }
 
-void space_birth(const BirthPlan& plan) {
+void space_birth(BirthPlan& plan) {
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) die(120);
   if (getppid() != plan.master_pid) die(120);
   if (ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != 0) die(121);
@@ -223,6 +253,7 @@ void space_birth(const BirthPlan& plan) {
   if (plan.pgid == 0 || setpgid(0, plan.pgid) != 0) {
     if (setpgid(0, 0) != 0) die(122);
   }
+  forget_the_supervisor(plan);
   sanitize_mappings(plan.vdso);
   syscall(SYS_close_range, 0, ~0U, 0);
   if (prctl(PR_SET_TSC, PR_TSC_SIGSEGV) != 0) die(123);

@@ -32,10 +32,27 @@ struct BirthPlan {
   // The runtime's SIGSYS handler, which emulates the calls the filter traps
   // (console I/O), or null.
   void (*sigsys)(int, siginfo_t*, void*) = nullptr;
+  // The supervisor's own memory (its heap), dropped in the space: reads zero.
+  uint64_t hidden_start = 0, hidden_len = 0;
+  // Where glibc keeps the thread's id in its descriptor (fs:0 + tid_offset),
+  // or -1 if the master could not tell (find_tid_offset).
+  long tid_offset = -1;
 };
 
-// Runs in the child; never returns.
-[[noreturn]] void space_birth(const BirthPlan& plan);
+// Runs in the child; never returns.  Besides confining the space, it takes
+// away what the supervisor left in the copy that differs from run to run:
+// the supervisor's heap (the tree of spaces, their pids), this plan's pids,
+// and the space's own pid in glibc's thread descriptor (a fixed kSpaceTid).
+// (The supervisor's dead stack frames go at the kOpBirth stop: start_clean.)
+[[noreturn]] void space_birth(BirthPlan& plan);
+
+// What every space's thread descriptor says its thread id is.
+inline constexpr int kSpaceTid = 1;
+
+// In the master: the offset from fs:0 of glibc's copy of this thread's id,
+// found by looking for gettid() in the first KiB of the descriptor; -1 if it
+// is not there exactly once.
+long find_tid_offset();
 
 // In the master, once: makes every page of its private writable file
 // mappings of up to 1 MiB (libraries' data) a private copy, as each space's

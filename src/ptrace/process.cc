@@ -31,6 +31,9 @@ constexpr uint64_t kTscStart = 1'000'000'000ULL;
 uint64_t gadget_addr() { return reinterpret_cast<uint64_t>(&detux_gadget); }
 
 sock_fprog g_fprog;
+// The space filter where a space still sees it after its birth drops the
+// supervisor's heap (which holds space_filter()'s vector).
+sock_filter g_filter[BPF_MAXINSNS];
 BirthPlan g_plan;
 uint64_t g_entry_top = 0;  // set_entry_stack_top
 
@@ -47,6 +50,7 @@ PtraceMachine::PtraceMachine() {
   master_.pid = getpid();
   master_.is_master = true;
   prepare_master_mappings();
+  g_plan.tid_offset = find_tid_offset();
 }
 
 // Every space faults on cpuid, and Linux rewrites an MSR on each switch
@@ -81,6 +85,10 @@ PtraceMachine::~PtraceMachine() {
 void set_child_entry(void (*entry)()) { g_plan.entry = entry; }
 void set_sigsys_handler(void (*handler)(int, siginfo_t*, void*)) { g_plan.sigsys = handler; }
 void set_entry_stack_top(uint64_t sp) { g_entry_top = sp; }
+void set_supervisor_memory(uint64_t start, uint64_t len) {
+  g_plan.hidden_start = start;
+  g_plan.hidden_len = len;
+}
 
 Result<pid_t> PtraceMachine::wait_pid(pid_t pid, int* status) {
   for (;;) {
@@ -210,8 +218,10 @@ Result<pid_t> PtraceMachine::fork_traced(void (*birth)(const void*), const void*
 Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
   DETUX_ASSERT(g_plan.entry != nullptr);
   auto& f = space_filter();
+  DETUX_ASSERT(!f.empty() && f.size() <= BPF_MAXINSNS);
+  std::copy(f.begin(), f.end(), g_filter);
   g_fprog.len = static_cast<unsigned short>(f.size());
-  g_fprog.filter = const_cast<sock_filter*>(f.data());
+  g_fprog.filter = g_filter;
   g_plan.filter = &g_fprog;
   g_plan.master_pid = getpid();
   g_plan.pgid = pgid_;
@@ -220,8 +230,8 @@ Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
   serve();
   cpu_set_t mine;
   bool pinned = false;
-  auto born = fork_traced([](const void* plan) { space_birth(*static_cast<const BirthPlan*>(plan)); },
-                          &g_plan, kPtraceOptions, &mine, &pinned);
+  auto born = fork_traced([](const void*) { space_birth(g_plan); }, &g_plan, kPtraceOptions, &mine,
+                          &pinned);
   if (!born.ok()) return Err{born.err()};
   const pid_t pid = *born;
   pid_t ref = 0;

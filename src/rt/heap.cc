@@ -263,13 +263,23 @@ bool free_locked(void* p) {
 
 HeapState& heap_state() { return g_prog; }
 Extent heap_region() { return g_prog.region; }
+Extent system_heap_span() { return {kSysBase, kSysBase + kSysMaxSize}; }
 
 void* heap_alloc(size_t n) {
   Lock l(for_alloc());
   return alloc_locked(n);
 }
 
+// A space starts without the supervisor's heap (its pages are dropped at
+// birth, see ptrace/birth.h): a block of it that the space inherited holds
+// zeros and belongs to nobody there.  Freeing it does nothing; growing it
+// gives a fresh block of the program's heap, zeroed like the old contents.
+namespace {
+bool inherited_supervisor_block(const void* p) { return g_in_space && &for_block(p) == &g_sys; }
+}  // namespace
+
 void heap_free(void* p) {
+  if (inherited_supervisor_block(p)) return;
   bool ok;
   {
     Lock l(for_block(p));
@@ -279,7 +289,7 @@ void heap_free(void* p) {
 }
 
 size_t heap_usable(const void* p) {
-  if (!p) return 0;
+  if (!p || inherited_supervisor_block(p)) return 0;
   uint64_t off, b;
   {
     Lock l(for_block(p));
@@ -307,6 +317,11 @@ void* heap_alloc_aligned(size_t align, size_t n) {
 
 void* heap_realloc(void* p, size_t n) {
   if (!p) return heap_alloc(n);
+  if (inherited_supervisor_block(p)) {
+    void* q = heap_alloc(n);
+    if (q) memset(q, 0, n);
+    return q;
+  }
   size_t have = heap_usable(p);
   if (n <= have) return p;
   void* q = heap_alloc(n);

@@ -80,6 +80,8 @@ struct SystemHeap {
 
 HeapState& heap_state();
 Extent heap_region();
+// Where the supervisor's heap lives (reserved or not): no space needs it.
+Extent system_heap_span();
 
 void* heap_alloc(size_t n);
 void* heap_alloc_aligned(size_t align, size_t n);
