@@ -46,7 +46,8 @@ struct BirthPlan {
 // (The supervisor's dead stack frames go at the kOpBirth stop: start_clean.)
 [[noreturn]] void space_birth(BirthPlan& plan);
 
-// What every space's thread descriptor says its thread id is.
+// What every space's thread descriptor says its thread id is (an exec'd
+// program's loader is told the same by set_tid_address: ptrace/exec.cc).
 inline constexpr int kSpaceTid = 1;
 
 // In the master: the offset from fs:0 of glibc's copy of this thread's id,

@@ -308,7 +308,7 @@ bool PtraceMachine::load_call(Proc* p) {
       d = a0 == SECCOMP_SET_MODE_FILTER && a1 == 0 ? allow() : answer(-EINVAL);
       break;
     case SYS_prlimit64: d = a0 == 0 && a2 == 0 ? allow() : answer(-EPERM); break;
-    case SYS_set_tid_address: d = answer(1); break;  // a fixed thread id
+    case SYS_set_tid_address: d = answer(kSpaceTid); break;  // a fixed thread id
     case SYS_set_robust_list: d = answer(0); break;
     case SYS_rseq: d = answer(-ENOSYS); break;       // its CPU number varies
     case SYS_getrandom: d = answer(-ENOSYS); break;
