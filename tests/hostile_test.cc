@@ -1544,7 +1544,7 @@ TEST(SupervisorState, ASpaceReadingTheSupervisorsHeapGlobalsAndThreadDescriptorS
         uint64_t tp;
         asm("mov %%fs:0, %0" : "=r"(tp));
         g_state_hash[0] = hash_range(0x500000000000ULL, 1 << 20);  // the supervisor's heap
-        g_state_hash[1] = hash_range(tp, 1024);                     // glibc's thread descriptor
+        g_state_hash[1] = hash_range(tp - 4096, 4096 + 2304);       // glibc's thread descriptor, TLS
         g_state_hash[2] = 0;  // the supervisor's globals
         for (const Segment& d : data) g_state_hash[2] ^= hash_range(d.lo, d.len);
         ret_forever();
