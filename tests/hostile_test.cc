@@ -1497,6 +1497,26 @@ TEST(DeadStack, WhatTheSupervisorLeftBelowANewSpacesStackIsTheSameEveryRun) {
   note(out);
 }
 
+// errno is thread-local memory too: a new space has the value its creator
+// had when it called dfork, whatever the supervisor's own calls left there.
+volatile int g_child_errno;
+
+TEST(SupervisorState, ANewSpaceStartsWithTheErrnoItsCreatorHadAtTheCall) {
+  std::string out = twice([](std::string& out) {
+    for (int round = 0; round < 3; ++round) {
+      errno = 1000 + round;
+      if (dfork(round) == 0) {
+        g_child_errno = errno;
+        ret_forever();
+      }
+      CHECK_EQ(djoin(round), 0);
+      CHECK_EQ(g_child_errno, 1000 + round);
+      out += std::to_string(g_child_errno) + " ";
+    }
+  });
+  note(out);
+}
+
 // What the supervisor keeps in the master's memory (its heap: the tree of
 // spaces, their pids) is the master's, not the program's: a space reading
 // there must find the same bytes on every run.
@@ -1545,8 +1565,9 @@ TEST(SupervisorState, ASpaceReadingTheSupervisorsHeapGlobalsAndThreadDescriptorS
         asm("mov %%fs:0, %0" : "=r"(tp));
         g_state_hash[0] = hash_range(0x500000000000ULL, 1 << 20);  // the supervisor's heap
         g_state_hash[1] = hash_range(tp - 4096, 4096 + 2304);       // glibc's thread descriptor, TLS
-        g_state_hash[2] = 0;  // the supervisor's globals
-        for (const Segment& d : data) g_state_hash[2] ^= hash_range(d.lo, d.len);
+        uint64_t globals = 0;  // the supervisor's
+        for (const Segment& d : data) globals ^= hash_range(d.lo, d.len);
+        g_state_hash[2] = globals;
         ret_forever();
       }
       CHECK_EQ(djoin(round), 0);

@@ -124,12 +124,16 @@ long space_call(long op, det_child_t child, unsigned long flags, void* addr, siz
 extern "C" {
 
 long dput(det_child_t child, unsigned long flags, void* addr, size_t size, void* child_addr) {
+  // A new space starts with its creator's errno, not what the supervisor's
+  // own calls left there (which may differ from run to run).
+  const int caller_errno = errno;
   // A Put that forks a child gives it a heap extent of its own (rt/join.h).
   detux::rt::ForkPlan plan = detux::rt::fork_prepare(flags);
   long r = detux::g_in_space ? space_call(kOpPut, child, flags, addr, size, child_addr)
                              : master_call(kOpPut, child, flags, addr, size, child_addr);
   if (r == DET_CHILD) {
     detux::rt::fork_child(plan, child);
+    errno = caller_errno;
     return r;
   }
   detux::rt::fork_done(plan, child, r);
