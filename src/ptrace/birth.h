@@ -3,12 +3,15 @@
 // fork() in the master gives a child with the master's memory.  Before it
 // runs a single instruction of the program it confines itself, in this
 // order: die with the master (PDEATHSIG), ask to be traced and stop, join
-// the spaces' process group, replace shared and writable file-backed
-// mappings by private anonymous copies, unmap the vDSO, close every file
-// descriptor, make rdtsc and cpuid fault, (for a dfork) clone its own frozen
-// snapshot, install the seccomp filter, and report for duty with a kOpBirth
-// call.  When its parent starts it, it jumps
-// back into the dput() that created it (BirthPlan::entry).
+// the spaces' process group, forget the supervisor (its heap, its pids, the
+// space's own pid in glibc's thread descriptor), replace shared and
+// writable file-backed mappings by private anonymous copies, unmap the
+// vDSO, close every file descriptor, make rdtsc and cpuid fault, (for a
+// dfork) clone its own frozen snapshot, install the seccomp filter, and
+// report for duty with a kOpBirth call.  At that stop the supervisor zeroes
+// its own dead stack frames in the space and points it at
+// detux_space_entry (gadget.S), which clears the registers and jumps back
+// into the dput() that created it (BirthPlan::entry).
 //
 // Everything here runs in a fresh child of a possibly multi-threaded
 // process: no malloc, no locks, only raw system calls.
