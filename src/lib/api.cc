@@ -84,8 +84,8 @@ long ensure_master() {
   detux::rt::SystemHeap system;
   g_master = new Master;
   detux::set_child_entry(child_entry);
-  detux::rt::Extent sys = detux::rt::system_heap_span();
-  detux::set_supervisor_memory(sys.lo, sys.size());
+  detux::rt::Extent sys = detux::rt::system_heap_span(), books = detux::rt::system_heap_state();
+  detux::set_supervisor_memory(sys.lo, sys.size(), books.lo, books.size());
   detux::set_sigsys_handler(detux::rt::on_sigsys);
   const char* t = getenv("DETUX_TRACE");
   g_master->kernel.set_trace(t && *t && strcmp(t, "0") != 0);

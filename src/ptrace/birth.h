@@ -35,8 +35,10 @@ struct BirthPlan {
   // The runtime's SIGSYS handler, which emulates the calls the filter traps
   // (console I/O), or null.
   void (*sigsys)(int, siginfo_t*, void*) = nullptr;
-  // The supervisor's own memory (its heap), dropped in the space: reads zero.
+  // The supervisor's own memory, which the space reads as zeros: its heap
+  // (dropped) and that heap's bookkeeping in libdetux's data (zeroed).
   uint64_t hidden_start = 0, hidden_len = 0;
+  uint64_t books_start = 0, books_len = 0;
   // Where glibc keeps the thread's id in its descriptor (fs:0 + tid_offset),
   // or -1 if the master could not tell (find_tid_offset).
   long tid_offset = -1;
@@ -44,7 +46,8 @@ struct BirthPlan {
 
 // Runs in the child; never returns.  Besides confining the space, it takes
 // away what the supervisor left in the copy that differs from run to run:
-// the supervisor's heap (the tree of spaces, their pids), this plan's pids,
+// the supervisor's heap (the tree of spaces, their pids) and its
+// bookkeeping (which moves with the supervisor's timing), this plan's pids,
 // and the space's own pid in glibc's thread descriptor (a fixed kSpaceTid).
 // (The supervisor's dead stack frames go at the kOpBirth stop: start_clean.)
 [[noreturn]] void space_birth(BirthPlan& plan);

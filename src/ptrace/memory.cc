@@ -199,10 +199,12 @@ Status exclusive_in_populated(int fd, uint64_t start, uint64_t end, std::vector<
 
 Status exclusive_pages(int fd, uint64_t start, uint64_t end, std::vector<uint64_t>* out) {
   constexpr size_t kChunk = 8192;  // entries per pread (64 KiB)
-  static thread_local uint64_t buf[kChunk];
+  // On the supervisor's heap, which no space sees (a static buffer would
+  // hand every space the last physical frame numbers read).
+  std::vector<uint64_t> buf(std::min<uint64_t>(kChunk, (end - start) / kPage));
   for (uint64_t a = start; a < end;) {
-    size_t n = std::min<uint64_t>(kChunk, (end - a) / kPage);
-    ssize_t got = pread(fd, buf, n * 8, static_cast<off_t>(a / kPage * 8));
+    size_t n = std::min<uint64_t>(buf.size(), (end - a) / kPage);
+    ssize_t got = pread(fd, buf.data(), n * 8, static_cast<off_t>(a / kPage * 8));
     if (got <= 0) return Err{-ESRCH};
     n = static_cast<size_t>(got) / 8;
     for (size_t i = 0; i < n; ++i) {

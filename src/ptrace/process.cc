@@ -8,6 +8,7 @@
 #include <sched.h>
 #include <sys/auxv.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -85,9 +86,11 @@ PtraceMachine::~PtraceMachine() {
 void set_child_entry(void (*entry)()) { g_plan.entry = entry; }
 void set_sigsys_handler(void (*handler)(int, siginfo_t*, void*)) { g_plan.sigsys = handler; }
 void set_entry_stack_top(uint64_t sp) { g_entry_top = sp; }
-void set_supervisor_memory(uint64_t start, uint64_t len) {
-  g_plan.hidden_start = start;
-  g_plan.hidden_len = len;
+void set_supervisor_memory(uint64_t heap, uint64_t heap_len, uint64_t books, uint64_t books_len) {
+  g_plan.hidden_start = heap;
+  g_plan.hidden_len = heap_len;
+  g_plan.books_start = books;
+  g_plan.books_len = books_len;
 }
 
 Result<pid_t> PtraceMachine::wait_pid(pid_t pid, int* status) {
@@ -274,7 +277,7 @@ Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
 // supervisor last computed.  None of that may reach the program, or a space
 // reading below its stack pointer would see different bytes on every run.
 // So the dead stack, from its lowest populated page up to the call's stack
-// pointer, is zeroed, and the space enters through detux_space_entry, which
+// pointer, is zeroed (about 45 KiB in lu's master), and the space enters through detux_space_entry, which
 // zeroes the registers before it jumps back into dput().
 Status PtraceMachine::start_clean(Proc* p) {
   DETUX_TRY(fetch_regs(p));
@@ -282,12 +285,19 @@ Status PtraceMachine::start_clean(Proc* p) {
   if (top == 0) return ok_status();  // not from a library call (machine tests)
   auto dead = stack_below(top);
   if (!dead.ok()) return Err{dead.err()};
-  static const uint8_t zeros[1 << 16] = {};
-  for (uint64_t at = dead->start; at < dead->end();) {
-    size_t n = std::min<uint64_t>(sizeof zeros, dead->end() - at);
-    DETUX_TRY(write(p, at, zeros, n));
-    at += n;
+  // Whole pages are dropped (one injected madvise: no copy-on-write copies,
+  // and the space reads zeros there); the part of the top page is written.
+  constexpr uint64_t kPage = 4096;
+  const uint64_t whole_end = std::max(dead->start, top & ~(kPage - 1));
+  if (whole_end > dead->start) {
+    const long args[6] = {static_cast<long>(dead->start), static_cast<long>(whole_end - dead->start),
+                          MADV_DONTNEED, 0, 0, 0};
+    auto dropped = inject(p, SYS_madvise, args);
+    if (!dropped.ok()) return Err{dropped.err()};
+    if (*dropped != 0) return Err{*dropped};
   }
+  static const uint8_t zeros[kPage] = {};
+  if (top > whole_end) DETUX_TRY(write(p, whole_end, zeros, top - whole_end));
   static const bool avx = __builtin_cpu_supports("avx");
   user_regs_struct& r = p->regs;
   r.rip = reinterpret_cast<uint64_t>(detux_space_entry);

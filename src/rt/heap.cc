@@ -264,6 +264,10 @@ bool free_locked(void* p) {
 HeapState& heap_state() { return g_prog; }
 Extent heap_region() { return g_prog.region; }
 Extent system_heap_span() { return {kSysBase, kSysBase + kSysMaxSize}; }
+Extent system_heap_state() {
+  auto at = reinterpret_cast<uint64_t>(&g_sys);
+  return {at, at + sizeof g_sys};
+}
 
 void* heap_alloc(size_t n) {
   Lock l(for_alloc());
