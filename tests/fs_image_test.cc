@@ -12,6 +12,7 @@
 #include <string>
 
 #include "fs_helpers.h"
+#include "mapped.h"
 
 namespace detux::fs {
 namespace {
@@ -96,6 +97,17 @@ TEST_F(FsImage, SaveThenLoadGivesTheSameTreeAndContents) {
   EXPECT_EQ(back->stat("/sparse")->blocks, fs.stat("/sparse")->blocks);
   write_file(*back, "/after", "the loaded file system is writable");
   expect_sound(*back);
+}
+
+// Every mapping of the master costs every fork and every space's exit, and
+// only images need zlib: it is opened by the first save or load.
+TEST_F(FsImage, ZlibIsMappedOnlyOnceAnImageIsSaved) {
+  EXPECT_FALSE(detux::test::mapped("libz.so")) << "zlib was mapped before any image was saved";
+  Region a(kSize);
+  Fs fs = format_in(a);
+  std::string why;
+  ASSERT_TRUE(save(fs, path_, &why).ok()) << why;
+  EXPECT_TRUE(detux::test::mapped("libz.so"));
 }
 
 TEST_F(FsImage, SavingTwiceGivesTheSameBytes) {

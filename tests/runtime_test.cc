@@ -12,10 +12,10 @@
 
 #include <cmath>
 #include <cstring>
-#include <fstream>
 #include <iostream>
 
 #include "harness.h"
+#include "mapped.h"
 
 using namespace detux::test;
 
@@ -478,14 +478,6 @@ struct Actor {
   double y;
 };
 Actor g_actor[8];
-
-// Whether a shared object whose file name contains `name` is mapped here.
-bool mapped(const char* name) {
-  std::ifstream maps("/proc/self/maps");
-  for (std::string line; std::getline(maps, line);)
-    if (line.find(name) != std::string::npos) return true;
-  return false;
-}
 
 // Every mapping costs every fork of the master and every exit of a space,
 // and elfutils is five libraries: it is loaded when a name is asked for.

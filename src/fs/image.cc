@@ -24,6 +24,7 @@
 // sound but larger than the region) and a one-line reason.  A loaded file
 // system starts a new life: no descriptors, epoch 0, and whatever a child's
 // save left behind (dead inodes, shadows, unnamed files) is freed.
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -59,7 +60,28 @@ struct Header {
 };
 static_assert(sizeof(Header) == 72);
 
+// zlib's crc32, opened on first use.  Linked, zlib would be five more
+// mappings in every master, and every fork and every space's exit pays for
+// each one (rt/names_module.cc says the same of elfutils).  Null if
+// libz.so.1 cannot be loaded: every entry point below checks have_crc().
+using Crc32 = decltype(&::crc32);
+Crc32 zlib_crc32() {
+  static const Crc32 fn = [] {
+    void* h = dlopen("libz.so.1", RTLD_NOW | RTLD_LOCAL);
+    return h ? reinterpret_cast<Crc32>(dlsym(h, "crc32")) : nullptr;
+  }();
+  return fn;
+}
+
+bool have_crc(std::string* why) {
+  if (zlib_crc32()) return true;
+  if (why) *why = "cannot load libz.so.1 for CRC-32 checksums";
+  return false;
+}
+
 uint32_t crc(uint32_t c, const void* p, uint64_t n) {
+  const Crc32 crc32 = zlib_crc32();
+  DETUX_ASSERT(crc32 != nullptr);  // the entry points checked have_crc()
   const auto* b = static_cast<const Bytef*>(p);
   for (uint64_t done = 0; done < n;) {  // zlib takes 32-bit lengths
     uInt chunk = static_cast<uInt>(std::min<uint64_t>(n - done, 1u << 30));
@@ -297,7 +319,7 @@ Result<Fs> ImageIo::load(const uint8_t* data, size_t len, void* base, size_t siz
 
 bool fix_image_checksums(uint8_t* data, size_t len) {
   Header h;
-  if (len < sizeof h) return false;
+  if (len < sizeof h || !have_crc(nullptr)) return false;
   std::memcpy(&h, data, sizeof h);
   if (h.ninodes < 2 || h.ninodes > (1u << 31) || h.nblocks > (1ull << 40) ||
       h.inode_blocks_saved > (1ull << 30) || h.data_blocks_saved > (1ull << 40))
@@ -319,10 +341,12 @@ bool fix_image_checksums(uint8_t* data, size_t len) {
 }
 
 Status save(const Fs& fs, const std::string& path, std::string* why) {
+  if (!have_crc(why)) return Err{-ENOSYS};
   return ImageIo::save(fs, path, why);
 }
 
 Result<Fs> load_bytes(const uint8_t* data, size_t len, void* base, size_t size, std::string* why) {
+  if (!have_crc(why)) return Err{-ENOSYS};
   return ImageIo::load(data, len, base, size, why);
 }
 
@@ -332,6 +356,7 @@ Result<uint64_t> image_region_bytes(const std::string& path) {
   Header h{};
   ssize_t n = ::pread(fd, &h, sizeof h, 0);
   ::close(fd);
+  if (!have_crc(nullptr)) return Err{-ENOSYS};
   if (n != static_cast<ssize_t>(sizeof h) || h.magic != kImageMagic || h.crc_header != header_crc(h) ||
       h.nblocks > (1ull << 40))
     return Err{-EINVAL};
