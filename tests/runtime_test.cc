@@ -479,9 +479,19 @@ struct Actor {
 };
 Actor g_actor[8];
 
+// libseccomp is needed only to build the filters, once: it is not mapped in
+// a master that has made spaces.
+TEST(Mappings, LibseccompIsNotMappedInAMasterWithSpaces) {
+  NEEDS_DETUX_MALLOC();
+  detux::thread t(1, [] { g_actor[1].x = 6; });
+  t.join();
+  ASSERT_EQ(g_actor[1].x, 6);
+  EXPECT_FALSE(mapped("libseccomp"));
+}
+
 // Every mapping costs every fork of the master and every exit of a space,
 // and elfutils is five libraries: it is loaded when a name is asked for.
-TEST(Names, ElfutilsIsMappedOnlyOnceAnAddressIsNamed) {
+TEST(Mappings, ElfutilsIsMappedOnlyOnceAnAddressIsNamed) {
   NEEDS_DETUX_MALLOC();
   detux::thread t(1, [] { g_actor[1].x = 5; });  // the process is master, with a space
   t.join();

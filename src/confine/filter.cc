@@ -1,6 +1,7 @@
 // filter.cc: builds, checks and installs the space filter (see filter.h).
 #include "confine/filter.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <linux/audit.h>
 #include <seccomp.h>
@@ -102,8 +103,31 @@ void check(int rc, const char* what) {
   if (rc < 0) throw std::system_error(-rc, std::generic_category(), what);
 }
 
-struct CtxDeleter {
-  void operator()(void* ctx) const { seccomp_release(ctx); }
+// libseccomp, opened for as long as a filter is being built.  It is needed
+// once per process, and linked it would be five more mappings in the master
+// for good, which every fork and every space's exit pays for (as elfutils
+// would: rt/names_module.cc).
+struct Libseccomp {
+  void* handle = dlopen("libseccomp.so.2", RTLD_NOW | RTLD_LOCAL);
+  template <typename F>
+  F* get(const char* name) {
+    void* f = handle ? dlsym(handle, name) : nullptr;
+    if (!f) throw std::runtime_error(std::string("detux: cannot load libseccomp.so.2: ") + name);
+    return reinterpret_cast<F*>(f);
+  }
+  decltype(&seccomp_arch_native) arch_native = get<decltype(seccomp_arch_native)>("seccomp_arch_native");
+  decltype(&seccomp_init) init = get<decltype(seccomp_init)>("seccomp_init");
+  decltype(&seccomp_release) release = get<decltype(seccomp_release)>("seccomp_release");
+  decltype(&seccomp_attr_set) attr_set = get<decltype(seccomp_attr_set)>("seccomp_attr_set");
+  decltype(&seccomp_rule_add_exact) rule_add_exact =
+      get<decltype(seccomp_rule_add_exact)>("seccomp_rule_add_exact");
+  decltype(&seccomp_export_bpf) export_bpf = get<decltype(seccomp_export_bpf)>("seccomp_export_bpf");
+  Libseccomp() = default;
+  Libseccomp(const Libseccomp&) = delete;
+  Libseccomp& operator=(const Libseccomp&) = delete;
+  ~Libseccomp() {
+    if (handle) dlclose(handle);
+  }
 };
 
 }  // namespace
@@ -111,34 +135,36 @@ struct CtxDeleter {
 namespace {
 
 std::vector<sock_filter> build_filter(bool load) {
-  if (seccomp_arch_native() != SCMP_ARCH_X86_64) {
+  Libseccomp lib;
+  if (lib.arch_native() != SCMP_ARCH_X86_64) {
     throw std::runtime_error("detux: libseccomp native arch is not x86_64");
   }
   // Default: everything not named below is a refused Linux call (or, while
   // loading, a call the supervisor vets).
-  std::unique_ptr<void, CtxDeleter> ctx(
-      seccomp_init(trace(load ? abi::kSeccompLoad : abi::kSeccompRefused)));
+  auto release = [&lib](void* c) { lib.release(c); };
+  std::unique_ptr<void, decltype(release)> ctx(
+      lib.init(trace(load ? abi::kSeccompLoad : abi::kSeccompRefused)), release);
   if (!ctx) throw std::runtime_error("detux: seccomp_init failed");
   // Any arch other than the filter's single arch (x86_64): i386 via int 0x80.
-  check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_ACT_BADARCH, trace(abi::kSeccompBadArch)),
+  check(lib.attr_set(ctx.get(), SCMP_FLTATR_ACT_BADARCH, trace(abi::kSeccompBadArch)),
         "seccomp_attr_set(ACT_BADARCH)");
   // _exact: the number is taken as-is on the native arch, no translation.
   if (!load)
-    check(seccomp_rule_add_exact(ctx.get(), trace(abi::kSeccompCall),
+    check(lib.rule_add_exact(ctx.get(), trace(abi::kSeccompCall),
                                  static_cast<int>(abi::kSyscallNr), 0),
           "seccomp_rule_add(detux call)");
-  check(seccomp_rule_add_exact(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(exit), 0),
+  check(lib.rule_add_exact(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(exit), 0),
         "seccomp_rule_add(exit)");
-  check(seccomp_rule_add_exact(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(exit_group), 0),
+  check(lib.rule_add_exact(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(exit_group), 0),
         "seccomp_rule_add(exit_group)");
-  check(seccomp_rule_add_exact(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(rt_sigreturn), 0),
+  check(lib.rule_add_exact(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(rt_sigreturn), 0),
         "seccomp_rule_add(rt_sigreturn)");
   if (load)
     for (int nr : kLoadAllowedCalls)
-      check(seccomp_rule_add_exact(ctx.get(), SCMP_ACT_ALLOW, nr, 0), "seccomp_rule_add(load)");
+      check(lib.rule_add_exact(ctx.get(), SCMP_ACT_ALLOW, nr, 0), "seccomp_rule_add(load)");
   for (int nr : kEmulatedCalls)
     if (!load)
-      check(seccomp_rule_add_exact(ctx.get(), SCMP_ACT_TRAP, nr, 0), "seccomp_rule_add(emulated)");
+      check(lib.rule_add_exact(ctx.get(), SCMP_ACT_TRAP, nr, 0), "seccomp_rule_add(emulated)");
   // x32 numbers: no rule needed, libseccomp routes nr >= 0x40000000 (except
   // -1) to the bad-arch action when x32 is not in the filter; check_policy
   // below verifies it.
@@ -146,7 +172,7 @@ std::vector<sock_filter> build_filter(bool load) {
   // libseccomp 2.5.4 can only export to a file descriptor.
   OwnedFd mem{memfd_create("detux-space-filter", MFD_CLOEXEC)};
   if (mem.fd < 0) throw std::system_error(errno, std::generic_category(), "memfd_create");
-  check(seccomp_export_bpf(ctx.get(), mem.fd), "seccomp_export_bpf");
+  check(lib.export_bpf(ctx.get(), mem.fd), "seccomp_export_bpf");
   struct stat st;
   if (fstat(mem.fd, &st) != 0) throw std::system_error(errno, std::generic_category(), "fstat");
   const size_t size = static_cast<size_t>(st.st_size);
