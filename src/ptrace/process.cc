@@ -175,8 +175,8 @@ Proc* PtraceMachine::adopt(pid_t pid, const Proc& parent) {
   p->tsc = parent.is_master ? kTscStart : parent.tsc;
   p->gadget = parent.is_master ? gadget_addr() : parent.gadget;
   // A space cannot change its own affinity: it is the creator's, kept here.
-  if (parent.is_master) sched_getaffinity(0, sizeof p->affinity, &p->affinity);
-  else p->affinity = parent.affinity;
+  // (A space the master makes gets the affinity fork_here() read.)
+  if (!parent.is_master) p->affinity = parent.affinity;
   Proc* raw = p.get();
   procs_[pid] = std::move(p);
   return raw;
