@@ -147,7 +147,7 @@ Result<Proc*> PtraceMachine::exec_space(std::span<const uint8_t> image,
   cpu_set_t mine;
   bool pinned = false;
   auto born = fork_traced(
-      [](const void* plan) { exec_birth_helper(*static_cast<const ExecPlan*>(plan)); }, &plan,
+      [](void* plan) { exec_birth_helper(*static_cast<const ExecPlan*>(plan)); }, &plan,
       kPtraceOptions | PTRACE_O_TRACEEXEC, &mine, &pinned);
   if (!born.ok()) return Err{born.err()};
   const pid_t pid = *born;

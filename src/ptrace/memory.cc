@@ -181,34 +181,35 @@ bool populated_ranges(int fd, uint64_t start, uint64_t end, std::vector<MemRange
 }
 
 // Pages of [start, end) that are present and mapped only by this process.
-Status exclusive_pages(int fd, uint64_t start, uint64_t end, std::vector<uint64_t>* out);
+// `buf` is scratch for pagemap entries: its size is the entries per pread.
+Status exclusive_pages(int fd, uint64_t start, uint64_t end, std::vector<uint64_t>* buf,
+                       std::vector<uint64_t>* out);
 
 // Populated ranges less than kGap pages apart are read in one pread: the
 // entries of the gap (8 bytes a page, not present) cost less than a call.
-Status exclusive_in_populated(int fd, uint64_t start, uint64_t end, std::vector<uint64_t>* out) {
+Status exclusive_in_populated(int fd, uint64_t start, uint64_t end, std::vector<uint64_t>* buf,
+                              std::vector<uint64_t>* out) {
   constexpr uint64_t kGap = 512 * kPage;
   std::vector<MemRange> ranges;
-  if (!populated_ranges(fd, start, end, &ranges)) return exclusive_pages(fd, start, end, out);
+  if (!populated_ranges(fd, start, end, &ranges)) return exclusive_pages(fd, start, end, buf, out);
   for (size_t i = 0; i < ranges.size();) {
     uint64_t from = ranges[i].start, to = ranges[i].end();
     for (++i; i < ranges.size() && ranges[i].start - to < kGap; ++i) to = ranges[i].end();
-    DETUX_TRY(exclusive_pages(fd, from, to, out));
+    DETUX_TRY(exclusive_pages(fd, from, to, buf, out));
   }
   return ok_status();
 }
 
-Status exclusive_pages(int fd, uint64_t start, uint64_t end, std::vector<uint64_t>* out) {
-  constexpr size_t kChunk = 8192;  // entries per pread (64 KiB)
-  // On the supervisor's heap, which no space sees (a static buffer would
-  // hand every space the last physical frame numbers read).
-  std::vector<uint64_t> buf(std::min<uint64_t>(kChunk, (end - start) / kPage));
+Status exclusive_pages(int fd, uint64_t start, uint64_t end, std::vector<uint64_t>* buf,
+                       std::vector<uint64_t>* out) {
+  DETUX_ASSERT(!buf->empty());  // entries per pread
   for (uint64_t a = start; a < end;) {
-    size_t n = std::min<uint64_t>(buf.size(), (end - a) / kPage);
-    ssize_t got = pread(fd, buf.data(), n * 8, static_cast<off_t>(a / kPage * 8));
+    size_t n = std::min<uint64_t>(buf->size(), (end - a) / kPage);
+    ssize_t got = pread(fd, buf->data(), n * 8, static_cast<off_t>(a / kPage * 8));
     if (got <= 0) return Err{-ESRCH};
     n = static_cast<size_t>(got) / 8;
     for (size_t i = 0; i < n; ++i) {
-      uint64_t e = buf[i];
+      uint64_t e = (*buf)[i];
       if ((e & kPmSwapped) || ((e & kPmPresent) && (e & kPmExclusive))) out->push_back(a + i * kPage);
     }
     a += n * kPage;
@@ -412,7 +413,7 @@ Result<std::vector<uint64_t>> PtraceMachine::dirty_pages(Proc* p, MemRange r) {
   for (const Vma& v : *maps) {
     uint64_t s = std::max(v.start, r.start), e = std::min(v.end, r.end());
     if (s >= e || v.shared) continue;
-    DETUX_TRY(exclusive_in_populated(fd, s, e, &out));
+    DETUX_TRY(exclusive_in_populated(fd, s, e, &pagemap_buf_, &out));
   }
   for (uint64_t pg : p->dirty_accum)
     if (pg >= r.start && pg < r.end()) out.push_back(pg);

@@ -201,7 +201,7 @@ pid_t fork_here(cpu_set_t* mine, bool* pinned) {
 
 // fork_here(), the child running `birth` (which asks to be traced and stops
 // with SIGSTOP), then `options` and a PTRACE_CONT: the child runs on, traced.
-Result<pid_t> PtraceMachine::fork_traced(void (*birth)(const void*), const void* plan,
+Result<pid_t> PtraceMachine::fork_traced(void (*birth)(void*), void* plan,
                                          long options, cpu_set_t* mine, bool* pinned) {
   pid_t pid = fork_here(mine, pinned);
   if (pid == 0) birth(plan);  // never returns
@@ -219,12 +219,14 @@ Result<pid_t> PtraceMachine::fork_traced(void (*birth)(const void*), const void*
 
 Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
   DETUX_ASSERT(g_plan.entry != nullptr);
-  auto& f = space_filter();
-  DETUX_ASSERT(!f.empty() && f.size() <= BPF_MAXINSNS);
-  std::copy(f.begin(), f.end(), g_filter);
-  g_fprog.len = static_cast<unsigned short>(f.size());
-  g_fprog.filter = g_filter;
-  g_plan.filter = &g_fprog;
+  if (g_fprog.len == 0) {  // the first space: the filter is built and copied once
+    auto& f = space_filter();
+    DETUX_ASSERT(!f.empty() && f.size() <= BPF_MAXINSNS);
+    std::copy(f.begin(), f.end(), g_filter);
+    g_fprog.len = static_cast<unsigned short>(f.size());
+    g_fprog.filter = g_filter;
+    g_plan.filter = &g_fprog;
+  }
   g_plan.master_pid = getpid();
   g_plan.pgid = pgid_;
   g_plan.vdso = getauxval(AT_SYSINFO_EHDR);
@@ -232,8 +234,8 @@ Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
   serve();
   cpu_set_t mine;
   bool pinned = false;
-  auto born = fork_traced([](const void*) { space_birth(g_plan); }, &g_plan, kPtraceOptions, &mine,
-                          &pinned);
+  auto born = fork_traced([](void* plan) { space_birth(*static_cast<BirthPlan*>(plan)); }, &g_plan,
+                          kPtraceOptions, &mine, &pinned);
   if (!born.ok()) return Err{born.err()};
   const pid_t pid = *born;
   pid_t ref = 0;

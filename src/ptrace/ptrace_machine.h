@@ -128,7 +128,7 @@ class PtraceMachine final : public Machine {
                            const std::vector<std::string>& envp) override;
 
  private:
-  Result<pid_t> fork_traced(void (*birth)(const void*), const void* plan, long options,
+  Result<pid_t> fork_traced(void (*birth)(void*), void* plan, long options,
                             cpu_set_t* mine, bool* pinned);
   Result<Proc*> spawn_from_master(bool snapshot);
   Status start_clean(Proc* p);
@@ -165,6 +165,10 @@ class PtraceMachine final : public Machine {
   std::vector<pid_t> graveyard_; // killed, not yet reaped
   bool serving_ = false;         // inside a master call that serves spaces
   bool cpuid_off_ = false;       // the master thread faults on cpuid meanwhile
+  // Scratch for pagemap entries (memory.cc): 64 KiB, allocated by the
+  // constructor on the supervisor's heap, which no space sees (a static
+  // buffer would hand every space the last physical frame numbers read).
+  std::vector<uint64_t> pagemap_buf_ = std::vector<uint64_t>(8192);
   sigset_t saved_mask_{};        // the program's signal mask, restored after
 };
 
