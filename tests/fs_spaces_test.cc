@@ -10,6 +10,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -196,6 +197,30 @@ TEST(FsSpaces, FstreamAndStatWorkInSpaces) {
     });
   });
   EXPECT_EQ(out, "sum 5050 stat 0 size 292 unlink 0 then -1");
+}
+
+// A master that ever ran a second thread leaves glibc's single-threaded flag
+// false in every fork; libstdc++ then initialises a stream's locale through
+// pthread_once's slow path, whose futex call is refused in a space.  Birth
+// sets the flag again (a space has one thread).
+TEST(FsSpaces, StreamsWorkInASpaceOfAMasterThatRanAThread) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, nullptr, [](void*) -> void* { return nullptr; }, nullptr), 0);
+    CHECK_EQ(pthread_join(t, nullptr), 0);
+    out = in_driver([] {
+      {
+        std::ofstream f("/n.txt");
+        f << 42 << "\n";
+      }
+      std::ifstream in("/n.txt");
+      long x = 0;
+      in >> x;
+      say("read " + std::to_string(x));
+    });
+  });
+  EXPECT_EQ(out, "read 42");
 }
 
 TEST(FsSpaces, AnImageSavedByOneMasterIsLoadedByAnotherAndACorruptOneIsRefused) {

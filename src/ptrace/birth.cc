@@ -10,6 +10,7 @@
 #include <sys/personality.h>
 #include <sys/prctl.h>
 #include <sys/rseq.h>
+#include <sys/single_threaded.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -202,6 +203,10 @@ void forget_rseq() {
 // The pids in the plan, the supervisor's heap, and the space's pid where
 // glibc keeps it: see space_birth in birth.h.
 void forget_the_supervisor(BirthPlan& plan) {
+  // A master that ever ran a second thread has glibc's single-threaded flag
+  // false, and a fork keeps it so; libstdc++ would then take pthread_once's
+  // slow path, whose futex call a space may not make.  A space has one thread.
+  __libc_single_threaded = 1;
   plan.master_pid = 0;
   plan.pgid = 0;
   // MADV_DONTNEED covers the mapped parts and says ENOMEM for the holes.

@@ -4,7 +4,8 @@
 // runs a single instruction of the program it confines itself, in this
 // order: die with the master (PDEATHSIG), ask to be traced and stop, join
 // the spaces' process group, forget the supervisor (its heap, its pids, the
-// space's own pid in glibc's thread descriptor), replace shared and
+// space's own pid in glibc's thread descriptor, any threads the master ran
+// in glibc's single-threaded flag), replace shared and
 // writable file-backed mappings by private anonymous copies, unmap the
 // vDSO, close every file descriptor, make rdtsc and cpuid fault, (for a
 // dfork) clone its own frozen snapshot, install the seccomp filter, and
