@@ -1,6 +1,9 @@
 // kernel_test.cc: the semantics of Put, Get, Ret, Snap and Merge against
 // real spaces (processes traced by the real supervisor).
+#include <pthread.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstring>
 
@@ -428,6 +431,59 @@ TEST(Master, SignalMaskAndCpuidAreTheProgramsOwnAfterEveryCall) {
     unsigned a = 0, b, c, d;
     asm volatile("cpuid" : "+a"(a), "=b"(b), "=c"(c), "=d"(d));  // would fault if left on
     CHECK(a > 0);
+  });
+  EXPECT_TRUE(r.ok()) << r.out;
+}
+
+namespace {
+
+// What the master's calls gave on a thread that is not the master thread.
+struct FromOtherThread {
+  long status = 1, start = 1, fork = 1, become = 1, join = 1;
+};
+
+void* call_from_other_thread(void* arg) {
+  auto* seen = static_cast<FromOtherThread*>(arg);
+  det_status st{};
+  seen->status = dget(0, DET_STATUS, &st, sizeof st, nullptr);
+  seen->start = dput(0, DET_START, nullptr, 0, nullptr);
+  seen->fork = dfork(1);
+  seen->become = det_become_master();
+  seen->join = djoin(0);
+  return nullptr;
+}
+
+}  // namespace
+
+// ptrace ties every space to the thread that became master.  Another thread
+// used to get ESRCH for a Start, and a dfork from it made a child that no
+// thread could trace (it ended up faulted); now every call from it, or from
+// a fork() of the master, is refused before it changes anything.
+TEST(Master, CallsFromAnotherThreadOrAForkedCopyAreRefusedAndChangeNothing) {
+  auto r = in_master([](std::string&) {
+    if (dfork(0) == 0) ret_forever();
+    CHECK_EQ(status_of(0).state, DET_S_STOPPED);
+    FromOtherThread seen;
+    pthread_t t;
+    CHECK_EQ(pthread_create(&t, nullptr, call_from_other_thread, &seen), 0);
+    CHECK_EQ(pthread_join(t, nullptr), 0);
+    const long refused = -DET_ETHREAD;
+    CHECK_EQ(seen.status, refused);
+    CHECK_EQ(seen.start, refused);
+    CHECK_EQ(seen.fork, refused);
+    CHECK_EQ(seen.become, refused);
+    CHECK_EQ(seen.join, refused);
+    pid_t copy = fork();
+    if (copy == 0) {
+      det_status st{};
+      _exit(dget(0, DET_STATUS, &st, sizeof st, nullptr) == refused ? 0 : 1);
+    }
+    int wst = 0;
+    CHECK_EQ(waitpid(copy, &wst, 0), copy);
+    CHECK(WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+    CHECK_EQ(status_of(0).state, DET_S_STOPPED);
+    CHECK_EQ(status_of(1).state, DET_S_ABSENT);
+    CHECK_EQ(djoin(0), 0);
   });
   EXPECT_TRUE(r.ok()) << r.out;
 }

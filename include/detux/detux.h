@@ -31,7 +31,10 @@
  * (DET_FAULT_BADCALL); in the master it returns -EINVAL.
  *
  * Thread safety: the master's detux calls must come from one thread (the one
- * that became master).  A space is always single-threaded.
+ * that became master).  A call from any other thread, or from a copy of the
+ * master made by fork(), returns -DET_ETHREAD and changes nothing (ptrace
+ * ties every space to the master thread).  A space is always
+ * single-threaded.
  */
 #ifndef DETUX_DETUX_H
 #define DETUX_DETUX_H
@@ -118,6 +121,8 @@ typedef unsigned long det_child_t;
 #define DET_EEXITED 1003   /* djoin: the child exited non-zero; nothing merged */
 #define DET_ELIMIT 1004    /* space quota exhausted (deterministic) */
 #define DET_ENOTSPACE 1005 /* det_* master-only call made in a space */
+#define DET_ETHREAD 1006   /* master call from a thread other than the master
+                              thread, or from a fork() of the master */
 
 /* Human-readable text for any value returned by a detux call. */
 const char *det_strerror(long err);

@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <setjmp.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -33,6 +35,10 @@ namespace {
 struct Master {
   detux::PtraceMachine machine;
   detux::Kernel kernel{machine};
+  // The thread that became master: only it may make master calls.  Kept in
+  // the supervisor's heap, which spaces do not see (a global would hand every
+  // space an id that differs from run to run).
+  pid_t tid = 0;
 };
 
 Master* g_master = nullptr;
@@ -77,12 +83,21 @@ void register_images_from_env() {
   }
 }
 
+// 0, or -DET_ETHREAD if a master exists and this is not its thread.  One
+// system call: a thread's id is its own while it lives, and a fork() of the
+// master runs on a new one.
+long on_master_thread() {
+  if (!g_master || static_cast<pid_t>(syscall(SYS_gettid)) == g_master->tid) return 0;
+  return -DET_ETHREAD;
+}
+
 long ensure_master() {
   if (detux::g_in_space) return -DET_ENOTSPACE;
-  if (g_master) return 0;
+  if (g_master) return on_master_thread();
   detux::rt::rt_master_init();
   detux::rt::SystemHeap system;
   g_master = new Master;
+  g_master->tid = static_cast<pid_t>(syscall(SYS_gettid));
   detux::set_child_entry(child_entry);
   detux::rt::Extent sys = detux::rt::system_heap_span(), books = detux::rt::system_heap_state();
   detux::set_supervisor_memory(sys.lo, sys.size(), books.lo, books.size());
@@ -127,6 +142,9 @@ long dput(det_child_t child, unsigned long flags, void* addr, size_t size, void*
   // A new space starts with its creator's errno, not what the supervisor's
   // own calls left there (which may differ from run to run).
   const int caller_errno = errno;
+  if (!detux::g_in_space) {  // before any bookkeeping: a refused call changes nothing
+    if (long r = on_master_thread(); r < 0) return r;
+  }
   // A Put that forks a child gives it a heap extent of its own (rt/join.h).
   detux::rt::ForkPlan plan = detux::rt::fork_prepare(flags);
   long r = detux::g_in_space ? space_call(kOpPut, child, flags, addr, size, child_addr)
@@ -142,6 +160,9 @@ long dput(det_child_t child, unsigned long flags, void* addr, size_t size, void*
 }
 
 long dget(det_child_t child, unsigned long flags, void* addr, size_t size, void* child_addr) {
+  if (!detux::g_in_space) {
+    if (long r = on_master_thread(); r < 0) return r;
+  }
   if (flags & DET_MERGE) detux::rt::child_merged(child);
   if (detux::g_in_space) return space_call(kOpGet, child, flags, addr, size, child_addr);
   return master_call(kOpGet, child, flags, addr, size, child_addr);
@@ -228,6 +249,7 @@ const char* det_strerror(long err) {
     case DET_EEXITED: return "the child exited with a non-zero code";
     case DET_ELIMIT: return "space quota exhausted";
     case DET_ENOTSPACE: return "master-only call made in a space";
+    case DET_ETHREAD: return "master call from a thread other than the master thread";
     default: break;
   }
   if (err == DET_CHILD) return "in the new child";
