@@ -110,7 +110,10 @@ long ensure_master() {
 
 long master_call(long op, det_child_t child, unsigned long flags, void* addr, size_t size,
                  void* child_addr) {
-  if (long r = ensure_master(); r < 0) return r;
+  // dput and dget checked the thread already (before their bookkeeping).
+  if (!g_master) {
+    if (long r = ensure_master(); r < 0) return r;
+  }
   detux::rt::SystemHeap system;  // the kernel's allocations are never merged
   sigjmp_buf here;
   if (sigsetjmp(here, 0) != 0) return DET_CHILD;  // a new space, born in this call
