@@ -223,17 +223,23 @@ void BM_RawPtraceRoundTrip(benchmark::State& state, bool pinned, int cpuid) {
 // 2. Round trips from the master on a stopped child.
 // ============================================================================
 
-void BM_MasterStatus(benchmark::State& state) {
+// Child 0, forked and stopped at its Ret: the target of the master's calls.
+// False (and the benchmark skipped) if it could not be made.
+bool stopped_child(benchmark::State& state) {
   int r = dfork(0);
   if (r == 0) {
     for (;;) dret();
   }
   det_status st{};
-  if (r != 1 || !wait_stopped(0, &st)) {
-    state.SkipWithError("dfork");
-    kill_child(0);
-    return;
-  }
+  if (r == 1 && wait_stopped(0, &st)) return true;
+  state.SkipWithError("dfork");
+  kill_child(0);
+  return false;
+}
+
+void BM_MasterStatus(benchmark::State& state) {
+  if (!stopped_child(state)) return;
+  det_status st{};
   double t0 = now_s();
   for (auto _ : state) {
     if (dget(0, DET_STATUS, &st, sizeof st, nullptr) != 0) {
@@ -248,16 +254,7 @@ void BM_MasterStatus(benchmark::State& state) {
 }
 
 void BM_MasterCopy64(benchmark::State& state) {
-  int r = dfork(0);
-  if (r == 0) {
-    for (;;) dret();
-  }
-  det_status st{};
-  if (r != 1 || !wait_stopped(0, &st)) {
-    state.SkipWithError("dfork");
-    kill_child(0);
-    return;
-  }
+  if (!stopped_child(state)) return;
   double t0 = now_s();
   for (auto _ : state) {
     if (dput(0, DET_COPY, g_copy_src, 64, const_cast<char*>(g_copy_dst)) != 0) {
