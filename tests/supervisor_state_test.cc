@@ -9,6 +9,7 @@
 #include <detux/detux.h>
 #include <errno.h>
 #include <link.h>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -171,6 +172,33 @@ TEST(SupervisorState, ASpaceReadingTheSupervisorsHeapGlobalsAndThreadDescriptorS
     }
   });
   note(out);
+}
+
+// A space gets the supervisor's heap as zeros without copying it: the master
+// marks it MADV_WIPEONFORK for the span of that one fork.  Any other fork of
+// the master, the program's own, must still copy it, or a forked copy that
+// frees or reads what the supervisor allocated would find zeros.
+alignas(4096) const uint8_t g_zero_page[1 << 20] = {};
+
+TEST(SupervisorState, TheProgramsOwnForkOfTheMasterStillCopiesTheSupervisorsHeap) {
+  if (kSanitized) GTEST_SKIP() << "the sanitizer build has no supervisor heap";
+  detux::test::Run r = detux::test::in_master([](std::string& out) {
+    if (dfork(0) == 0) ret_forever();
+    CHECK_EQ(djoin(0), 0);
+    const std::vector<Segment> heap = readable_parts(0x500000000000ULL, 0x500000100000ULL);
+    CHECK(!heap.empty());
+    uint64_t zeros = 0;  // the hash of the same parts all zero: the copy must differ from it
+    for (const Segment& d : heap) zeros ^= hash_range(reinterpret_cast<uint64_t>(g_zero_page), d.len);
+    const uint64_t here = hash_parts(heap);
+    CHECK(here != zeros);
+    pid_t pid = fork();
+    if (pid == 0) _exit(hash_parts(heap) == here ? 0 : 1);
+    int st = 0;
+    CHECK_EQ(waitpid(pid, &st, 0), pid);
+    out += WIFEXITED(st) && WEXITSTATUS(st) == 0 ? "copied" : "lost";
+  });
+  EXPECT_TRUE(r.ok()) << r.out;
+  EXPECT_EQ(r.out, "copied");
 }
 
 }  // namespace

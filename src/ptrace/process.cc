@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sys/auxv.h>
+#include <sys/mman.h>
 #include <signal.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
@@ -217,6 +218,31 @@ Result<pid_t> PtraceMachine::fork_traced(void (*birth)(void*), void* plan,
   return pid;
 }
 
+namespace {
+
+// For its lifetime, a fork gives the child the supervisor's heap as zeros
+// (MADV_WIPEONFORK) instead of a copy that birth would drop at once: the
+// fork copies none of its page-table entries and the birth frees none.
+// It matters because the merge buffers keep several MB of that heap
+// populated (lu 2048^2: 8.5 MB, over 2000 entries per fork).  Any other
+// fork of the master (the program's own) still copies it.
+class SupervisorHeapStaysHome {
+ public:
+  SupervisorHeapStaysHome(uint64_t start, uint64_t len) : start_(start), len_(len) {
+    if (len_) madvise(reinterpret_cast<void*>(start_), len_, MADV_WIPEONFORK);
+  }
+  ~SupervisorHeapStaysHome() {
+    if (len_) madvise(reinterpret_cast<void*>(start_), len_, MADV_KEEPONFORK);
+  }
+  SupervisorHeapStaysHome(const SupervisorHeapStaysHome&) = delete;
+  SupervisorHeapStaysHome& operator=(const SupervisorHeapStaysHome&) = delete;
+
+ private:
+  uint64_t start_, len_;
+};
+
+}  // namespace
+
 Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
   DETUX_ASSERT(g_plan.entry != nullptr);
   if (g_fprog.len == 0) {  // the first space: the filter is built and copied once
@@ -234,8 +260,12 @@ Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
   serve();
   cpu_set_t mine;
   bool pinned = false;
-  auto born = fork_traced([](void* plan) { space_birth(*static_cast<BirthPlan*>(plan)); }, &g_plan,
-                          kPtraceOptions, &mine, &pinned);
+  Result<pid_t> born = Err{-ECHILD};
+  {
+    SupervisorHeapStaysHome home(g_plan.hidden_start, g_plan.hidden_len);
+    born = fork_traced([](void* plan) { space_birth(*static_cast<BirthPlan*>(plan)); }, &g_plan,
+                       kPtraceOptions, &mine, &pinned);
+  }
   if (!born.ok()) return Err{born.err()};
   const pid_t pid = *born;
   pid_t ref = 0;

@@ -105,6 +105,11 @@ void heap_set_limit(uint64_t bytes);
 // A program exec'd in a space: its heap is the whole region, as a master's,
 // but held to the space's memory limit.
 void heap_exec_start(uint64_t limit);
+// master: a join merged into the program's heap, which may have split the
+// huge pages of its large blocks; the next heap_rejoin_huge_pages() (the
+// master's next dfork) collapses them again.  See heap.cc.
+void heap_merged_into_master();
+void heap_rejoin_huge_pages();
 // Reserve the program heap now (the master does, before any space exists).
 void heap_reserve();
 

@@ -151,6 +151,7 @@ void rt_master_init() { rt_init(true); }
 ForkPlan fork_prepare(unsigned long flags) {
   ForkPlan plan;
   if (flags & DET_FORK) plan.extent = heap_carve_child();
+  if ((flags & DET_FORK) && !g_in_space) heap_rejoin_huge_pages();
   plan.parent_in_space = g_in_space;
   return plan;
 }
@@ -169,6 +170,7 @@ void fork_done(const ForkPlan& plan, det_child_t child, long r) {
 
 void child_merged(det_child_t child) {
   if (ChildRec* r = find_rec(child, false)) r->merged = true;
+  if (!g_in_space) heap_merged_into_master();
 }
 
 void child_killed(det_child_t child) {
