@@ -164,6 +164,34 @@ TEST(Heap, ChildrenMergeByteExactIntoAHugePageBackedBlockOfTheMaster) {
   EXPECT_NE(out.find("conflict at +" + std::to_string((9 << 20) + 100)), std::string::npos) << out;
 }
 
+// A child's first touch of memory in a huge-page block that the master never
+// touched gets a whole huge page of its own: the join finds it by one
+// pagemap entry per 2 MiB, and must merge every byte written there.
+TEST(Heap, AChildsWritesIntoUntouchedHugePageMemoryOfTheMasterAreMerged) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    constexpr size_t kLen = 16 << 20;
+    auto* big = static_cast<uint8_t*>(malloc(kLen));
+    CHECK(big != nullptr);
+    g_blocks[0] = reinterpret_cast<int*>(big);
+    if (dfork(0) == 0) {
+      auto* b = reinterpret_cast<uint8_t*>(g_blocks[0]);
+      for (size_t at = 0; at < kLen; at += 1 << 20) b[at + 77] = static_cast<uint8_t>(at >> 20);
+      b[kLen - 1] = 99;
+      ret_forever();
+    }
+    CHECK_EQ(djoin(0), 0);
+    size_t changed = 0;
+    for (size_t i = 0; i < kLen; ++i) changed += big[i] != 0;
+    CHECK_EQ(changed, size_t{16});  // the write at offset 77 of MiB 0 wrote 0
+    CHECK_EQ(int{big[(9 << 20) + 77]}, 9);
+    CHECK_EQ(int{big[kLen - 1]}, 99);
+    out += "merged";
+    free(big);
+  });
+  EXPECT_EQ(out, "merged");
+}
+
 // A merge into the master splits its huge pages (each byte written copies
 // one small page), and Linux leaves them split.  The master's next dfork
 // collapses them again, so forks after the first batch of a program like lu

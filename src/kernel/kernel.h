@@ -74,7 +74,7 @@ class Kernel {
   long map_parent_holes(Space& parent, MemRange span, const std::vector<uint64_t>& pages);
   long merge_pages(Space& parent, Space& child, uint64_t addr, uint64_t len,
                    const std::vector<uint64_t>& pages, std::vector<uint64_t>* changed,
-                   std::vector<uint8_t>* results);
+                   uint8_t* results);
   long gain(Space& s, uint64_t bytes);
 
   void log_call(const Space& caller, const Call& c, long result) const;

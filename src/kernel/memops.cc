@@ -10,6 +10,8 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cstring>
+#include <memory>
 #include <vector>
 
 #include "abi.h"
@@ -155,11 +157,11 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
     ((*same)[i] && inside ? whole : partial).push_back(pages[i]);
   }
   std::vector<uint64_t> changed;
-  std::vector<uint8_t> results;
-  if (long r = merge_pages(parent, child, addr, len, partial, &changed, &results); r < 0)
+  std::unique_ptr<uint8_t[]> results(new uint8_t[partial.size() * kPage]);  // not zeroed
+  if (long r = merge_pages(parent, child, addr, len, partial, &changed, results.get()); r < 0)
     return r;
   if (Status s = m_.copy_pages(child.proc, parent.proc, whole); !s.ok()) return s.err();
-  Status s = m_.write_pages(parent.proc, changed, results.data());
+  Status s = m_.write_pages(parent.proc, changed, results.get());
   return s.ok() ? 0 : s.err();
 }
 
@@ -210,31 +212,38 @@ long Kernel::map_parent_holes(Space& parent, MemRange span, const std::vector<ui
 }
 
 // Byte-merges `pages` (ascending) within [addr, addr+len).  The pages that
-// change go to *changed with their new contents in *results.  The first
-// conflict (the lowest address) ends it with -DET_ECONFLICT.
+// change go to *changed, and their new contents, in the same order, to
+// `results` (room for every page).  Each batch of the parent's pages is read
+// straight into `results` after the changed pages so far and merged there,
+// so only a changed page that has unchanged ones before it is moved.  The
+// first conflict (the lowest address) ends it with -DET_ECONFLICT.
 long Kernel::merge_pages(Space& parent, Space& child, uint64_t addr, uint64_t len,
                          const std::vector<uint64_t>& pages, std::vector<uint64_t>* changed,
-                         std::vector<uint8_t>* results) {
+                         uint8_t* results) {
   constexpr size_t kBatch = 256;
-  size_t cap = std::min(pages.size(), kBatch) * kPage;
-  std::vector<uint8_t> mine(cap), theirs(cap), ref(cap);
+  const size_t cap = std::min(pages.size(), kBatch) * kPage;
+  std::unique_ptr<uint8_t[]> theirs(new uint8_t[cap]), ref(new uint8_t[cap]);  // not zeroed
   for (size_t at = 0; at < pages.size(); at += kBatch) {
     std::span<const uint64_t> part(pages.data() + at, std::min(kBatch, pages.size() - at));
-    if (Status s = m_.read_pages(child.proc, false, part, theirs.data()); !s.ok()) return s.err();
-    if (Status s = m_.read_pages(child.proc, true, part, ref.data()); !s.ok()) return s.err();
-    if (Status s = m_.read_pages(parent.proc, false, part, mine.data()); !s.ok()) return s.err();
+    uint8_t* mine = results + changed->size() * kPage;
+    if (Status s = m_.read_pages(child.proc, false, part, theirs.get()); !s.ok()) return s.err();
+    if (Status s = m_.read_pages(child.proc, true, part, ref.get()); !s.ok()) return s.err();
+    if (Status s = m_.read_pages(parent.proc, false, part, mine); !s.ok()) return s.err();
     for (size_t i = 0; i < part.size(); ++i) {
       uint64_t lo = std::max(part[i], addr), hi = std::min(part[i] + kPage, addr + len);
-      size_t off = i * kPage + (lo - part[i]);
-      merge::Outcome o = merge::merge3(&mine[off], &mine[off], &theirs[off], &ref[off], hi - lo);
+      size_t off = lo - part[i];
+      uint8_t* page = mine + i * kPage;
+      merge::Outcome o =
+          merge::merge3(page + off, page + off, &theirs[i * kPage + off], &ref[i * kPage + off], hi - lo);
       if (o.conflict) {
         child.status.conflict = 1;
         child.status.conflict_addr = lo + o.first_conflict;
         return -DET_ECONFLICT;
       }
       if (!o.changed) continue;
+      uint8_t* slot = results + changed->size() * kPage;
+      if (slot != page) std::memcpy(slot, page, kPage);
       changed->push_back(part[i]);
-      results->insert(results->end(), &mine[i * kPage], &mine[i * kPage] + kPage);
     }
   }
   return 0;

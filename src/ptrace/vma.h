@@ -50,6 +50,7 @@ struct PageRegion {
   uint64_t start, end, categories;
 };
 inline constexpr uint64_t kPageIsFile = 1 << 2, kPageIsPresent = 1 << 3, kPageIsSwapped = 1 << 4;
+inline constexpr uint64_t kPageIsHuge = 1 << 6;  // mapped whole by one 2 MiB entry
 inline constexpr unsigned long kPagemapScan = _IOWR('f', 16, PmScanArg);
 
 inline PmScanArg pm_scan_arg(uint64_t start, uint64_t end, PageRegion* vec, uint64_t len) {
