@@ -209,7 +209,10 @@ void forget_the_supervisor(BirthPlan& plan) {
   __libc_single_threaded = 1;
   plan.master_pid = 0;
   plan.pgid = 0;
-  // MADV_DONTNEED covers the mapped parts and says ENOMEM for the holes.
+  // The master forked this space with its heap marked MADV_WIPEONFORK, so
+  // there is normally nothing left to drop; this is the backstop should that
+  // madvise have failed.  MADV_DONTNEED covers the mapped parts and says
+  // ENOMEM for the holes.
   if (plan.hidden_len) madvise(reinterpret_cast<void*>(plan.hidden_start), plan.hidden_len, MADV_DONTNEED);
   if (plan.books_len) std::memset(reinterpret_cast<void*>(plan.books_start), 0, plan.books_len);
   if (plan.tid_offset >= 0) {

@@ -37,7 +37,8 @@ struct BirthPlan {
   // (console I/O), or null.
   void (*sigsys)(int, siginfo_t*, void*) = nullptr;
   // The supervisor's own memory, which the space reads as zeros: its heap
-  // (dropped) and that heap's bookkeeping in libdetux's data (zeroed).
+  // (not copied by the fork, dropped if it was) and that heap's bookkeeping
+  // in libdetux's data (zeroed).
   uint64_t hidden_start = 0, hidden_len = 0;
   uint64_t books_start = 0, books_len = 0;
   // Where glibc keeps the thread's id in its descriptor (fs:0 + tid_offset),
