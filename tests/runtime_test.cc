@@ -164,6 +164,30 @@ TEST(Heap, ChildrenMergeByteExactIntoAHugePageBackedBlockOfTheMaster) {
   EXPECT_NE(out.find("conflict at +" + std::to_string((9 << 20) + 100)), std::string::npos) << out;
 }
 
+// A large block of the master is placed so that everything after its first
+// page lies on 2 MiB boundaries: its ends are huge pages too, and a fork
+// copies no small page-table entries for it.
+TEST(Heap, ALargeBlockOfTheMasterIsHugePagesPastItsFirstPage) {
+  NEEDS_DETUX_MALLOC();
+  detux::test::Run r = in_master([](std::string& out) {
+    CHECK_EQ(det_become_master(), 0);
+    void* small = malloc(100);  // the heap is not empty before it
+    constexpr size_t kLen = 8 << 20;
+    auto* big = static_cast<uint8_t*>(malloc(kLen));
+    CHECK(big != nullptr);
+    const auto at = reinterpret_cast<uint64_t>(big);
+    CHECK_EQ((at + 4096) % (2 << 20), uint64_t{16});  // the 16-byte header ends the page
+    memset(big, 1, kLen);
+    const long kib = huge_kib(at, at + kLen);
+    out += kib == 0 ? "no huge pages" : std::to_string(kib / 1024) + " MiB huge";
+    free(big);
+    free(small);
+  });
+  EXPECT_TRUE(r.ok()) << r.out;
+  if (r.out == "no huge pages") GTEST_SKIP() << "no transparent huge pages here";
+  EXPECT_EQ(r.out, "8 MiB huge");
+}
+
 // A child's first touch of memory in a huge-page block that the master never
 // touched gets a whole huge page of its own: the join finds it by one
 // pagemap entry per 2 MiB, and must merge every byte written there.
