@@ -82,6 +82,36 @@ TEST(Merge, BytesChangedOnBothSidesAreAConflictAtTheLowestAddressAndNothingIsMer
   EXPECT_EQ(out, "ok");
 }
 
+// The master's heap is merged in place: every page is checked before any is
+// stored into, so a conflict on the last page leaves the earlier ones
+// exactly as they were, both one the parent never touched (copied whole
+// otherwise) and one it also wrote (merged byte by byte otherwise).
+TEST(Merge, AConflictOnALaterPageOfTheMastersHeapLeavesEveryEarlierPageUnmerged) {
+  std::string out = twice([](std::string& out) {
+    auto* b = static_cast<uint8_t*>(aligned_alloc(4096, 3 * 4096));
+    CHECK(b != nullptr);
+    memset(b, 0, 3 * 4096);
+    if (dfork(0) == 0) {
+      b[10] = 1;            // page 0: only the child
+      b[4096 + 10] = 2;     // page 1: the parent writes elsewhere in it
+      b[8192 + 10] = 3;     // page 2: both, the conflict
+      ret_forever();
+    }
+    b[4096 + 20] = 7;
+    b[8192 + 10] = 9;
+    det_status st{};
+    CHECK_EQ(djoin_status(0, &st), -DET_ECONFLICT);
+    CHECK_EQ(st.conflict_addr, reinterpret_cast<uint64_t>(&b[8192 + 10]));
+    CHECK_EQ(static_cast<int>(b[10]), 0);
+    CHECK_EQ(static_cast<int>(b[4096 + 10]), 0);
+    CHECK_EQ(static_cast<int>(b[4096 + 20]), 7);
+    CHECK_EQ(static_cast<int>(b[8192 + 10]), 9);
+    out += "nothing merged";
+    free(b);
+  });
+  EXPECT_EQ(out, "nothing merged");
+}
+
 TEST(Merge, SameValueWrittenOnBothSidesIsStillAConflict) {
   auto r = in_master([](std::string&) {
     if (dfork(0) == 0) {

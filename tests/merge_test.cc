@@ -351,6 +351,28 @@ TEST(Merge, BothImplementationsAgreeWithScalarOracleOnRandomPages) {
   }
 }
 
+// check3 is merge3's first pass alone: a caller merging many pages checks
+// them all before it stores into any.
+TEST(Merge, Check3ReportsWhatMerge3WouldAndStoresNothing) {
+  const size_t kPage = 4096, kPages = 16;
+  Pool clean(kPage * kPages, 31, false), racy(kPage * kPages, 32, true);
+  size_t conflicts = 0;
+  for (const Pool* p : {&clean, &racy}) {
+    for (size_t pg = 0; pg < kPages; ++pg) {
+      const size_t off = pg * kPage, len = kPage - pg;  // odd lengths too
+      Bytes before(p->dst.begin() + off, p->dst.begin() + off + len), out(len);
+      Outcome want = merge3(out.data(), p->dst.data() + off, p->src.data() + off, p->ref.data() + off, len);
+      Outcome got = check3(p->dst.data() + off, p->src.data() + off, p->ref.data() + off, len);
+      ASSERT_EQ(got.conflict, want.conflict) << pg;
+      ASSERT_EQ(got.first_conflict, want.first_conflict) << pg;
+      ASSERT_EQ(got.changed, want.changed) << pg;
+      ASSERT_TRUE(std::equal(before.begin(), before.end(), p->dst.begin() + off)) << pg;
+      conflicts += got.conflict;
+    }
+  }
+  EXPECT_GT(conflicts, 0u);  // the racy pool did conflict
+}
+
 TEST(Merge, UnalignedOddLengths) {
   const size_t kMax = 9000;
   Pool clean(2 * kMax, 21, false), racy(2 * kMax, 22, true);

@@ -119,6 +119,11 @@ class Machine {
       Proc* parent, Proc* child, std::span<const uint64_t> pages) = 0;
   // Page-aligned.  Pages of r that are populated in p (ascending).
   virtual Result<std::vector<uint64_t>> populated_pages(Proc* p, MemRange r) = 0;
+  // True when every page (ascending page addresses) is memory of this very
+  // process that plain loads and stores may touch: the master's own private,
+  // anonymous, writable mappings.  The kernel then merges into those pages
+  // in place instead of reading and writing them through the machine.
+  virtual bool in_place(Proc* p, std::span<const uint64_t> pages) = 0;
   // Copy whole pages from one stopped space (or the master) to another at
   // the same addresses.
   virtual Status copy_pages(Proc* from, Proc* to, std::span<const uint64_t> pages) = 0;

@@ -134,6 +134,14 @@ Result<std::vector<uint64_t>> Kernel::child_dirty(Space& child, uint64_t addr, u
 // buffers, and the results held until every page is known to be free of
 // conflict.  Only then is the parent written, so a conflict leaves the parent
 // exactly as it was.
+//
+// When the parent's pages to merge are the master's own anonymous memory
+// (the machine says so), they are merged where they lie: all of them are
+// checked first (check3), then merged in place, so only the child's and the
+// snapshot's pages are read, and a parent page is stored into only where
+// the child changed it.  That saves two of the four page copies a merged
+// page costs otherwise (lu 2048^2 byte-merges three pages in four, because
+// four siblings' blocks share each page).
 long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t len) {
   if (len == 0) return 0;
   MemRange span;
@@ -156,6 +164,20 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
     bool inside = pages[i] >= addr && pages[i] + kPage <= addr + len;
     ((*same)[i] && inside ? whole : partial).push_back(pages[i]);
   }
+  constexpr size_t kInPlaceMax = 4096;  // pages: two 16 MiB buffers at most
+  if (partial.size() <= kInPlaceMax && m_.in_place(parent.proc, partial)) {
+    std::unique_ptr<uint8_t[]> theirs, ref;
+    if (long r = check_in_place(child, addr, len, partial, &theirs, &ref); r < 0) return r;
+    if (Status s = m_.copy_pages(child.proc, parent.proc, whole); !s.ok()) return s.err();
+    for (size_t i = 0; i < partial.size(); ++i) {
+      uint64_t lo = std::max(partial[i], addr), hi = std::min(partial[i] + kPage, addr + len);
+      size_t off = i * kPage + (lo - partial[i]);
+      auto* mine = reinterpret_cast<uint8_t*>(lo);  // in_place: the master's own memory
+      merge::Outcome o = merge::merge3(mine, mine, &theirs[off], &ref[off], hi - lo);
+      DETUX_ASSERT(!o.conflict);  // checked above, and nothing ran in between
+    }
+    return 0;
+  }
   std::vector<uint64_t> changed;
   std::unique_ptr<uint8_t[]> results(new uint8_t[partial.size() * kPage]);  // not zeroed
   if (long r = merge_pages(parent, child, addr, len, partial, &changed, results.get()); r < 0)
@@ -163,6 +185,31 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
   if (Status s = m_.copy_pages(child.proc, parent.proc, whole); !s.ok()) return s.err();
   Status s = m_.write_pages(parent.proc, changed, results.get());
   return s.ok() ? 0 : s.err();
+}
+
+// For merge_range: reads the child's and the snapshot's copies of `pages`
+// into *theirs and *ref and checks each against the parent's page where it
+// lies (in_place), storing nothing.  The first conflict (the lowest address)
+// ends it with -DET_ECONFLICT.
+long Kernel::check_in_place(Space& child, uint64_t addr, uint64_t len,
+                            const std::vector<uint64_t>& pages, std::unique_ptr<uint8_t[]>* theirs,
+                            std::unique_ptr<uint8_t[]>* ref) {
+  theirs->reset(new uint8_t[pages.size() * kPage]);  // not zeroed
+  ref->reset(new uint8_t[pages.size() * kPage]);
+  if (Status s = m_.read_pages(child.proc, false, pages, theirs->get()); !s.ok()) return s.err();
+  if (Status s = m_.read_pages(child.proc, true, pages, ref->get()); !s.ok()) return s.err();
+  for (size_t i = 0; i < pages.size(); ++i) {
+    uint64_t lo = std::max(pages[i], addr), hi = std::min(pages[i] + kPage, addr + len);
+    size_t off = i * kPage + (lo - pages[i]);
+    const auto* mine = reinterpret_cast<const uint8_t*>(lo);  // in_place: the master's own memory
+    merge::Outcome o = merge::check3(mine, &(*theirs)[off], &(*ref)[off], hi - lo);
+    if (o.conflict) {
+      child.status.conflict = 1;
+      child.status.conflict_addr = lo + o.first_conflict;
+      return -DET_ECONFLICT;
+    }
+  }
+  return 0;
 }
 
 // Put/Merge: the child's range becomes the parent's.  Only pages that can

@@ -339,17 +339,19 @@ DETUX_INLINE void check_args(const uint8_t* out, const uint8_t* dst, const uint8
   assert(!overlaps(out, ref, len));
 }
 
+// out == nullptr: detect only (check3).
 template <class Engine>
 DETUX_INLINE Outcome run(uint8_t* out, const uint8_t* dst, const uint8_t* src, const uint8_t* ref,
                          size_t len) {
   if (len == 0) return {false, 0, 0};
-  check_args(out, dst, src, ref, len);
+  check_args(out ? out : dst, dst, src, ref, len);
   typename Engine::State s;
   s.first_conflict = len;
   s.changed = 0;
   s.lo = 0;
   s.hi = 0;
   if (!Engine::detect(dst, src, ref, len, s)) return {true, s.first_conflict, 0};
+  if (!out) return {false, len, s.changed};
   // From here on nothing can fail: store.
   if (out != dst) std::memcpy(out, dst, len);
   if (s.changed != 0) Engine::apply(out, src, ref, len, s);
@@ -366,18 +368,31 @@ bool cpu_has_avx2() {
 }
 
 using MergeFn = Outcome (*)(uint8_t*, const uint8_t*, const uint8_t*, const uint8_t*, size_t);
+using CheckFn = Outcome (*)(const uint8_t*, const uint8_t*, const uint8_t*, size_t);
 
 struct Dispatch {
   bool avx2;
   MergeFn merge;
+  CheckFn check;
   const char* name;
 };
 
+Outcome check3_word(const uint8_t* dst, const uint8_t* src, const uint8_t* ref, size_t len) {
+  return run<WordEngine>(nullptr, dst, src, ref, len);
+}
+
+#if DETUX_MERGE_X86
+DETUX_AVX2 Outcome check3_avx2(const uint8_t* dst, const uint8_t* src, const uint8_t* ref,
+                               size_t len) {
+  return run<AvxEngine>(nullptr, dst, src, ref, len);
+}
+#endif
+
 Dispatch pick() {
 #if DETUX_MERGE_X86
-  if (cpu_has_avx2()) return {true, merge3_avx2, "avx2"};
+  if (cpu_has_avx2()) return {true, merge3_avx2, check3_avx2, "avx2"};
 #endif
-  return {false, merge3_word, "word"};
+  return {false, merge3_word, check3_word, "word"};
 }
 
 // Resolved once: during static initialisation, or at first use if that
@@ -414,6 +429,10 @@ bool avx2_available() { return dispatch().avx2; }
 Outcome merge3(uint8_t* out, const uint8_t* dst, const uint8_t* src, const uint8_t* ref,
                size_t len) {
   return dispatch().merge(out, dst, src, ref, len);
+}
+
+Outcome check3(const uint8_t* dst, const uint8_t* src, const uint8_t* ref, size_t len) {
+  return dispatch().check(dst, src, ref, len);
 }
 
 // glibc's memcmp already runs on the widest vectors the CPU has; an AVX2

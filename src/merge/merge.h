@@ -53,6 +53,12 @@ struct Outcome {
 Outcome merge3(uint8_t* out, const uint8_t* dst, const uint8_t* src, const uint8_t* ref,
                size_t len);
 
+// The first pass of merge3 alone: the same Outcome (conflict, lowest
+// conflicting offset, bytes the child changed), and nothing is stored.  A
+// caller merging many ranges checks them all first, so that a conflict in
+// the last leaves the first unwritten too.
+Outcome check3(const uint8_t* dst, const uint8_t* src, const uint8_t* ref, size_t len);
+
 // True when the two ranges hold the same bytes (memcmp underneath: libc
 // already dispatches it to the CPU's widest vectors).
 bool equal(const uint8_t* a, const uint8_t* b, size_t len);

@@ -310,6 +310,31 @@ Result<std::vector<uint8_t>> PtraceMachine::unchanged_since_snapshot(
   return out;
 }
 
+// Each page must lie in a mapping PROCMAP_QUERY reports as readable,
+// writable, private and not file-backed: no page here can fault with
+// SIGBUS (a file shorter than its mapping) or be shared with anyone.
+// Never under AddressSanitizer, whose redzones whole-page accesses cross.
+bool PtraceMachine::in_place(Proc* p, std::span<const uint64_t> pages) {
+#if defined(__SANITIZE_ADDRESS__)
+  (void)p, (void)pages;
+  return false;
+#else
+  if (!p->is_master || pages.empty()) return false;
+  int fd = open_maps(p);
+  if (fd < 0) return false;
+  Vma v;
+  bool have = false;
+  for (uint64_t pg : pages) {
+    if (have && pg >= v.start && pg + kPage <= v.end) continue;
+    if (vma_at_or_after(fd, pg, 0, &v) != VmaAnswer::kFound) return false;
+    have = true;
+    if (v.start > pg || v.end < pg + kPage || !v.readable || !v.writable || v.shared || v.file)
+      return false;
+  }
+  return true;
+#endif
+}
+
 Status PtraceMachine::copy_pages(Proc* from, Proc* to, std::span<const uint64_t> pages) {
   std::vector<Piece> pieces = runs_of(pages);
   if (to->is_master)  // straight into place: one copy, no buffer
