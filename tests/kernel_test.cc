@@ -87,6 +87,7 @@ TEST(Merge, BytesChangedOnBothSidesAreAConflictAtTheLowestAddressAndNothingIsMer
 // exactly as they were, both one the parent never touched (copied whole
 // otherwise) and one it also wrote (merged byte by byte otherwise).
 TEST(Merge, AConflictOnALaterPageOfTheMastersHeapLeavesEveryEarlierPageUnmerged) {
+  NEEDS_DETUX_MALLOC();
   std::string out = twice([](std::string& out) {
     auto* b = static_cast<uint8_t*>(aligned_alloc(4096, 3 * 4096));
     CHECK(b != nullptr);
