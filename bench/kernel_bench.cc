@@ -94,8 +94,9 @@ BENCHMARK(BM_Memcpy64M)->UseManualTime()->Iterations(10)->Unit(benchmark::kMilli
 BENCHMARK(BM_CowFault64M)->UseManualTime()->Iterations(3)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Merge64M)->UseManualTime()->Iterations(3)->Unit(benchmark::kMillisecond);
 // 5.
-BENCHMARK_CAPTURE(BM_Merge1G, unpopulated, false)->UseManualTime()->Iterations(3)->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_Merge1G, populated, true)->UseManualTime()->Iterations(3)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Merge1G, unpopulated, Mem1G::kUnpopulated)->UseManualTime()->Iterations(3)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Merge1G, populated, Mem1G::kPopulated)->UseManualTime()->Iterations(3)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_Merge1G, heap, Mem1G::kHeap)->UseManualTime()->Iterations(3)->Unit(benchmark::kMillisecond);
 
 // ---- Summary ------------------------------------------------------------------
 
@@ -195,11 +196,13 @@ void print_summary() {
                   cow, "<= 2 us", check_le(upp - cow, 2)});
   rows.push_back({"4", "  child run (writes 16384 pages), per page", fig("merge64_child_us_page"),
                   "us", "COW fault/page", cow, "(info)", -1});
-  for (bool pop : {false, true}) {
-    std::string k = pop ? "merge1g_pop" : "merge1g_unpop";
+  for (Mem1G kind : {Mem1G::kUnpopulated, Mem1G::kPopulated, Mem1G::kHeap}) {
+    std::string k = merge1g_key(kind);
     double v = fig(k + "_ms");
     rows.push_back({"5", std::string("merge 1 GB, 1 page written, ") +
-                             (pop ? "populated" : "unpopulated"),
+                             (kind == Mem1G::kUnpopulated ? "unpopulated"
+                              : kind == Mem1G::kPopulated ? "populated"
+                                                          : "heap (huge pages)"),
                     v, "ms", "pagemap pread 1 GB", fig(k + "_pagemap_ms"), "<= 2 ms",
                     check_le(v, 2)});
     rows.push_back({"5", "  dfork of that master (fork + snapshot)", fig(k + "_dfork_ms"), "ms", "",

@@ -220,6 +220,12 @@ void BM_DforkPhases(benchmark::State& state);
 void BM_Merge64M(benchmark::State& state);
 void BM_Memcpy64M(benchmark::State& state);
 void BM_CowFault64M(benchmark::State& state);
-void BM_Merge1G(benchmark::State& state, bool populated);
+enum class Mem1G { kUnpopulated, kPopulated, kHeap };
+inline std::string merge1g_key(Mem1G kind) {
+  return kind == Mem1G::kUnpopulated ? "merge1g_unpop"
+         : kind == Mem1G::kPopulated ? "merge1g_pop"
+                                     : "merge1g_heap";
+}
+void BM_Merge1G(benchmark::State& state, Mem1G kind);
 
 }  // namespace kbench

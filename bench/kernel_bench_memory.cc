@@ -3,6 +3,9 @@
 // baselines.  What each figure means is in kernel_bench.cc.
 #include "kernel_bench.h"
 
+#include <memory>
+#include <optional>
+
 namespace kbench {
 
 // ============================================================================
@@ -232,13 +235,26 @@ void BM_CowFault64M(benchmark::State& state) {
 // 5. Finding one written page in a 1 GB region.
 // ============================================================================
 
-void BM_Merge1G(benchmark::State& state, bool populated) {
-  PermRegion reg(kRegion1G, k1G);
-  if (reg.err != 0) {
-    state.SkipWithError("Perm 1 GB");
+// Three kinds of 1 GB: mapped by Perm and never touched; mapped by Perm and
+// touched (4 KiB pages); a block of the program's heap, touched (huge pages
+// where Linux has them, as for any large block of a master: rt/heap.cc).
+void BM_Merge1G(benchmark::State& state, Mem1G kind) {
+  std::optional<PermRegion> reg;
+  std::unique_ptr<uint8_t, decltype(&free)> block(nullptr, &free);
+  uint8_t* p = nullptr;
+  if (kind == Mem1G::kHeap) {
+    block.reset(static_cast<uint8_t*>(malloc(k1G)));
+    p = block.get();
+  } else {
+    reg.emplace(kRegion1G, k1G);
+    if (reg->err == 0) p = reg->p;
+  }
+  if (!p) {
+    state.SkipWithError("no 1 GB region");
     return;
   }
-  if (populated) reg.touch(1);
+  if (kind != Mem1G::kUnpopulated)
+    for (size_t off = 0; off < k1G; off += kPage) p[off] = 1;
   // Baseline: one pread of the region's pagemap entries in the master.
   double pm_ms = NAN;
   {
@@ -249,7 +265,7 @@ void BM_Merge1G(benchmark::State& state, bool populated) {
       for (int k = 0; k < 3; ++k) {
         double t0 = now_s();
         ssize_t got = pread(fd, ents.data(), ents.size() * 8,
-                            static_cast<off_t>(kRegion1G / kPage * 8));
+                            static_cast<off_t>(reinterpret_cast<uint64_t>(p) / kPage * 8));
         double dt = now_s() - t0;
         if (got == static_cast<ssize_t>(ents.size() * 8)) best = std::min(best, dt);
       }
@@ -257,7 +273,7 @@ void BM_Merge1G(benchmark::State& state, bool populated) {
       pm_ms = best * 1e3;
     }
   }
-  auto* words = reinterpret_cast<volatile uint64_t*>(reg.p);
+  auto* words = reinterpret_cast<volatile uint64_t*>(p);
   const size_t at = 123457 * (kPage / 8);  // a word in page 123457
   double merge_total = 0, fork_total = 0, kill_total = 0;
   for (auto _ : state) {
@@ -272,7 +288,7 @@ void BM_Merge1G(benchmark::State& state, bool populated) {
     det_status st{};
     bool stopped = r == 1 && wait_stopped(0, &st);
     double t2 = now_s();
-    long m = stopped ? dget(0, DET_MERGE, reg.p, k1G, reg.p) : -1;
+    long m = stopped ? dget(0, DET_MERGE, p, k1G, p) : -1;
     double t3 = now_s();
     state.SetIterationTime(t3 - t2);
     kill_child(0);
@@ -284,7 +300,7 @@ void BM_Merge1G(benchmark::State& state, bool populated) {
     fork_total += t1 - t0, merge_total += t3 - t2, kill_total += t4 - t3;
   }
   double n = static_cast<double>(state.iterations());
-  std::string key = populated ? "merge1g_pop" : "merge1g_unpop";
+  std::string key = merge1g_key(kind);
   state.counters["merge_ms"] = merge_total / n * 1e3;
   state.counters["dfork_ms"] = fork_total / n * 1e3;
   state.counters["kill_ms"] = kill_total / n * 1e3;
