@@ -125,6 +125,16 @@ TEST(Heap, RunningOutOfMemoryIsReportedAtTheSameAllocationOnEveryRun) {
   EXPECT_LT(std::stol(out), 64);
 }
 
+// A large block of the master, every byte `fill`; also left in g_blocks[0],
+// where the children find it.
+uint8_t* big_block(size_t len, int fill) {
+  auto* big = static_cast<uint8_t*>(malloc(len));
+  CHECK(big != nullptr);
+  memset(big, fill, len);
+  g_blocks[0] = reinterpret_cast<int*>(big);
+  return big;
+}
+
 // The master's large blocks are backed by huge pages (fewer page-table
 // entries for every fork to copy): a child's write still moves exactly its
 // own bytes, and a byte written on both sides is still a conflict.
@@ -132,10 +142,7 @@ TEST(Heap, ChildrenMergeByteExactIntoAHugePageBackedBlockOfTheMaster) {
   NEEDS_DETUX_MALLOC();
   std::string out = twice([](std::string& out) {
     constexpr size_t kLen = 16 << 20;
-    auto* big = static_cast<uint8_t*>(malloc(kLen));
-    CHECK(big != nullptr);
-    memset(big, 1, kLen);
-    g_blocks[0] = reinterpret_cast<int*>(big);
+    uint8_t* big = big_block(kLen, 1);
     for (int c = 0; c < 4; ++c) {
       if (dfork(c) == 0) {
         auto* b = reinterpret_cast<uint8_t*>(g_blocks[0]);
@@ -224,16 +231,13 @@ TEST(Heap, HugePagesAMergeSplitInTheMasterAreWholeAgainAtItsNextFork) {
   NEEDS_DETUX_MALLOC();
   std::string out = twice([](std::string& out) {
     constexpr size_t kLen = 16 << 20;
-    auto* big = static_cast<uint8_t*>(malloc(kLen));
-    CHECK(big != nullptr);
-    memset(big, 1, kLen);
+    uint8_t* big = big_block(kLen, 1);
     const auto lo = reinterpret_cast<uint64_t>(big), hi = lo + kLen;
     const long whole = huge_kib(lo, hi);
     if (whole == 0) {
       out += "no huge pages";
       return;
     }
-    g_blocks[0] = reinterpret_cast<int*>(big);
     for (int c = 0; c < 4; ++c) {
       if (dfork(c) == 0) {
         reinterpret_cast<uint8_t*>(g_blocks[0])[(c << 22) + (1 << 21) + c] = static_cast<uint8_t>(10 + c);
