@@ -361,8 +361,9 @@ TEST(Merge, Check3ReportsWhatMerge3WouldAndStoresNothing) {
     for (size_t pg = 0; pg < kPages; ++pg) {
       const size_t off = pg * kPage, len = kPage - pg;  // odd lengths too
       Bytes before(p->dst.begin() + off, p->dst.begin() + off + len), out(len);
-      Outcome want = merge3(out.data(), p->dst.data() + off, p->src.data() + off, p->ref.data() + off, len);
-      Outcome got = check3(p->dst.data() + off, p->src.data() + off, p->ref.data() + off, len);
+      const uint8_t *d = p->dst.data() + off, *s = p->src.data() + off, *r = p->ref.data() + off;
+      Outcome want = merge3(out.data(), d, s, r, len);
+      Outcome got = check3(d, s, r, len);
       ASSERT_EQ(got.conflict, want.conflict) << pg;
       ASSERT_EQ(got.first_conflict, want.first_conflict) << pg;
       ASSERT_EQ(got.changed, want.changed) << pg;

@@ -240,7 +240,8 @@ TEST(Heap, HugePagesAMergeSplitInTheMasterAreWholeAgainAtItsNextFork) {
     }
     for (int c = 0; c < 4; ++c) {
       if (dfork(c) == 0) {
-        reinterpret_cast<uint8_t*>(g_blocks[0])[(c << 22) + (1 << 21) + c] = static_cast<uint8_t>(10 + c);
+        auto* b = reinterpret_cast<uint8_t*>(g_blocks[0]);
+        b[(c << 22) + (1 << 21) + c] = static_cast<uint8_t>(10 + c);
         ret_forever();
       }
     }
@@ -257,7 +258,8 @@ TEST(Heap, HugePagesAMergeSplitInTheMasterAreWholeAgainAtItsNextFork) {
     out += "split by " + std::to_string((whole - split) / 2048) + ", whole again";
     free(big);
   });
-  if (out.find("no huge pages") != std::string::npos) GTEST_SKIP() << "no transparent huge pages here";
+  if (out.find("no huge pages") != std::string::npos)
+    GTEST_SKIP() << "no transparent huge pages here";
   EXPECT_EQ(out, "split by 4, whole again");
 }
 

@@ -188,7 +188,8 @@ TEST(SupervisorState, TheProgramsOwnForkOfTheMasterStillCopiesTheSupervisorsHeap
     const std::vector<Segment> heap = readable_parts(0x500000000000ULL, 0x500000100000ULL);
     CHECK(!heap.empty());
     uint64_t zeros = 0;  // the hash of the same parts all zero: the copy must differ from it
-    for (const Segment& d : heap) zeros ^= hash_range(reinterpret_cast<uint64_t>(g_zero_page), d.len);
+    const auto zero_page = reinterpret_cast<uint64_t>(g_zero_page);
+    for (const Segment& d : heap) zeros ^= hash_range(zero_page, d.len);
     const uint64_t here = hash_parts(heap);
     CHECK(here != zeros);
     pid_t pid = fork();

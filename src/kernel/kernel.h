@@ -12,9 +12,9 @@
 
 #include <csignal>
 #include <map>
+#include <memory>
 #include <string>
 #include <unordered_map>
-#include <memory>
 #include <vector>
 
 #include "kernel/machine.h"

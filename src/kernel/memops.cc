@@ -280,8 +280,8 @@ long Kernel::merge_pages(Space& parent, Space& child, uint64_t addr, uint64_t le
       uint64_t lo = std::max(part[i], addr), hi = std::min(part[i] + kPage, addr + len);
       size_t off = lo - part[i];
       uint8_t* page = mine + i * kPage;
-      merge::Outcome o =
-          merge::merge3(page + off, page + off, &theirs[i * kPage + off], &ref[i * kPage + off], hi - lo);
+      const uint8_t *src = &theirs[i * kPage + off], *was = &ref[i * kPage + off];
+      merge::Outcome o = merge::merge3(page + off, page + off, src, was, hi - lo);
       if (o.conflict) {
         child.status.conflict = 1;
         child.status.conflict_addr = lo + o.first_conflict;

@@ -217,8 +217,10 @@ Status exclusive_in_populated(int fd, uint64_t start, uint64_t end, std::vector<
       continue;
     }
     uint64_t from = ranges[i].start, to = ranges[i].end;
-    for (++i; i < ranges.size() && !(ranges[i].categories & kPageIsHuge) && ranges[i].start - to < kGap; ++i)
-      to = ranges[i].end;
+    auto near_small = [&](const PageRegion& r) {
+      return !(r.categories & kPageIsHuge) && r.start - to < kGap;
+    };
+    for (++i; i < ranges.size() && near_small(ranges[i]); ++i) to = ranges[i].end;
     DETUX_TRY(exclusive_pages(fd, from, to, buf, out));
   }
   return ok_status();
