@@ -211,10 +211,10 @@ uint64_t alloc_small(int c) {
 // one page-table entry per 2 MiB instead of 512, and every exit tears down
 // as few.  (A fork costs about 25 us more per MiB of small pages on this
 // VM; lu 2048^2's two matrices left 3.6 MiB of them at their unaligned ends
-// before the placement.)  A child's write still copies one 4 KiB page (Linux splits a
-// shared huge page on a write fault), so dirty pages and merges stay
-// page-exact.  Spaces may not call madvise, and need not: they inherit the
-// master's pages.
+// before the placement.)  A child's write still copies one 4 KiB page
+// (Linux splits a shared huge page on a write fault), so dirty pages and
+// merges stay page-exact.  Spaces may not call madvise, and need not: they
+// inherit the master's pages.
 //
 // A merge into the master splits its huge pages the same way, and Linux
 // does not put them back together on its own for minutes.  So a merge marks
@@ -225,7 +225,7 @@ uint64_t alloc_small(int c) {
 constexpr uint64_t kHuge = 2 << 20;
 constexpr int kMaxHugeBlocks = 64;  // more blocks are still advised, not re-collapsed
 constexpr int kMadvCollapse = 25;   // MADV_COLLAPSE, Linux 6.1; absent from older headers
-Extent g_huge[kMaxHugeBlocks];      // the advised middles of live blocks
+Extent g_huge[kMaxHugeBlocks];      // the huge-page parts of live blocks
 int g_nhuge = 0;
 bool g_huge_split = false;          // a merge may have split some of them
 
@@ -239,7 +239,7 @@ void prefer_huge_pages(uint64_t at, uint64_t size) {
   if (g_nhuge < kMaxHugeBlocks) g_huge[g_nhuge++] = Extent{lo, hi};
 }
 
-// The block [lo, hi) is freed: its middle is no longer collapsed.
+// The block [lo, hi) is freed: its huge-page part is no longer collapsed.
 void forget_huge_pages(uint64_t lo, uint64_t hi) {
   if (gp != &g_prog || g_in_space) return;
   for (int i = 0; i < g_nhuge; ++i) {
