@@ -326,11 +326,17 @@ bool free_locked(void* p) {
 
 void heap_merged_into_master() { g_huge_split = g_nhuge > 0; }
 
+// Best effort.  A block Linux would not collapse (no MADV_COLLAPSE, no huge
+// page free even after compaction, which it tries synchronously) keeps its
+// small pages and is not tried again: a failing collapse can cost more
+// than the forks it was meant to save.
 void heap_rejoin_huge_pages() {
   if (!g_huge_split || g_in_space) return;
   Lock l(g_prog);
-  for (int i = 0; i < g_nhuge; ++i)  // best effort: a failure leaves small pages
-    madvise(reinterpret_cast<void*>(g_huge[i].lo), g_huge[i].size(), kMadvCollapse);
+  for (int i = 0; i < g_nhuge; ++i) {
+    if (madvise(reinterpret_cast<void*>(g_huge[i].lo), g_huge[i].size(), kMadvCollapse) != 0)
+      g_huge[i--] = g_huge[--g_nhuge];
+  }
   g_huge_split = false;
 }
 
