@@ -541,6 +541,36 @@ TEST(Merge, ManyPagesMixedWithParentEditsArriveWholeAcrossBatches) {
   EXPECT_FALSE(out.empty());
 }
 
+// A merge into a space (not the master) goes through buffers: 256 pages at a
+// time, the changed ones packed together.  Here the grandchild dirties 600
+// pages but changes only two in three (it writes the others' old value
+// back), and its parent wrote into every page too, so all 600 are merged
+// byte by byte and every packing step is exercised.
+TEST(Merge, ASpaceMergingManyPagesWhereOnlySomeChangedGetsExactlyThose) {
+  std::string out = twice([](std::string& out) {
+    if (dfork(0) == 0) {
+      if (dfork(0) == 0) {
+        for (size_t p = 0; p < 600; ++p) {
+          const uint8_t old = g_big[p * 4096 + 8];
+          g_big[p * 4096 + 8] = p % 3 == 0 ? old : static_cast<uint8_t>(p % 251 + 1);
+        }
+        ret_forever();
+      }
+      for (size_t p = 0; p < 600; ++p) g_big[p * 4096 + 16] = 0xcc;
+      if (djoin(0) != 0) _exit(5);
+      ret_forever();
+    }
+    CHECK_EQ(djoin(0), 0);
+    size_t right = 0;
+    for (size_t p = 0; p < 600; ++p) {
+      const int want = p % 3 == 0 ? 0 : static_cast<int>(p % 251 + 1);
+      right += g_big[p * 4096 + 8] == want && g_big[p * 4096 + 16] == 0xcc;
+    }
+    out += std::to_string(right) + " pages right";
+  });
+  EXPECT_EQ(out, "600 pages right");
+}
+
 TEST(Merge, APageTheParentCannotWriteFailsTheWholeMergeBeforeAnyWrite) {
   std::string out = twice([](std::string& out) {
     auto* base = static_cast<uint8_t*>(mmap(reinterpret_cast<void*>(0x310000000000ULL), 2 * 4096,
