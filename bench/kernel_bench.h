@@ -154,6 +154,11 @@ inline std::string describe(const det_status& st) {
   return b;
 }
 
+// Writes v into the first byte of every page of [p, p + len).
+inline void touch_pages(uint8_t* p, size_t len, uint8_t v) {
+  for (size_t off = 0; off < len; off += kPage) p[off] = v;
+}
+
 // A region mapped in the master by Get/Perm on itself (as a program would),
 // unmapped with munmap when done.
 struct PermRegion {
@@ -164,9 +169,7 @@ struct PermRegion {
     err = dget(0, DET_PERM | DET_PROT_READ | DET_PROT_WRITE, p, len, nullptr);
   }
   ~PermRegion() { munmap(p, len); }
-  void touch(uint8_t v) {
-    for (size_t off = 0; off < len; off += kPage) p[off] = v;
-  }
+  void touch(uint8_t v) { touch_pages(p, len, v); }
 };
 
 constexpr uint64_t kRegion64M = 0x320000000000ULL;

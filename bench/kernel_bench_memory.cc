@@ -253,8 +253,7 @@ void BM_Merge1G(benchmark::State& state, Mem1G kind) {
     state.SkipWithError("no 1 GB region");
     return;
   }
-  if (kind != Mem1G::kUnpopulated)
-    for (size_t off = 0; off < k1G; off += kPage) p[off] = 1;
+  if (kind != Mem1G::kUnpopulated) touch_pages(p, k1G, 1);
   // Baseline: one pread of the region's pagemap entries in the master.
   double pm_ms = NAN;
   {
