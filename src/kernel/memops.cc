@@ -32,6 +32,11 @@ bool bad_range(uint64_t addr, uint64_t len) {
 }
 uint64_t page_down(uint64_t a) { return a & ~(kPage - 1); }
 uint64_t page_up(uint64_t a) { return (a + kPage - 1) & ~(kPage - 1); }
+// The part of the page at `page` that lies in [addr, addr + len).
+MemRange part_of_page(uint64_t page, uint64_t addr, uint64_t len) {
+  uint64_t lo = std::max(page, addr), hi = std::min(page + kPage, addr + len);
+  return {lo, hi - lo};
+}
 
 int prot_bits(unsigned long flags) {
   return ((flags & DET_PROT_READ) ? PROT_READ : 0) | ((flags & DET_PROT_WRITE) ? PROT_WRITE : 0) |
@@ -170,10 +175,10 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
     if (long r = check_in_place(child, addr, len, partial, &theirs, &ref); r < 0) return r;
     if (Status s = m_.copy_pages(child.proc, parent.proc, whole); !s.ok()) return s.err();
     for (size_t i = 0; i < partial.size(); ++i) {
-      uint64_t lo = std::max(partial[i], addr), hi = std::min(partial[i] + kPage, addr + len);
-      size_t off = i * kPage + (lo - partial[i]);
-      auto* mine = reinterpret_cast<uint8_t*>(lo);  // in_place: the master's own memory
-      merge::Outcome o = merge::merge3(mine, mine, &theirs[off], &ref[off], hi - lo);
+      MemRange m = part_of_page(partial[i], addr, len);
+      size_t off = i * kPage + (m.start - partial[i]);
+      auto* mine = reinterpret_cast<uint8_t*>(m.start);  // in_place: the master's own memory
+      merge::Outcome o = merge::merge3(mine, mine, &theirs[off], &ref[off], m.len);
       DETUX_ASSERT(!o.conflict);  // checked above, and nothing ran in between
     }
     return 0;
@@ -199,13 +204,13 @@ long Kernel::check_in_place(Space& child, uint64_t addr, uint64_t len,
   if (Status s = m_.read_pages(child.proc, false, pages, theirs->get()); !s.ok()) return s.err();
   if (Status s = m_.read_pages(child.proc, true, pages, ref->get()); !s.ok()) return s.err();
   for (size_t i = 0; i < pages.size(); ++i) {
-    uint64_t lo = std::max(pages[i], addr), hi = std::min(pages[i] + kPage, addr + len);
-    size_t off = i * kPage + (lo - pages[i]);
-    const auto* mine = reinterpret_cast<const uint8_t*>(lo);  // in_place: the master's own memory
-    merge::Outcome o = merge::check3(mine, &(*theirs)[off], &(*ref)[off], hi - lo);
+    MemRange m = part_of_page(pages[i], addr, len);
+    size_t off = i * kPage + (m.start - pages[i]);
+    const auto* mine = reinterpret_cast<const uint8_t*>(m.start);  // in_place: our memory
+    merge::Outcome o = merge::check3(mine, &(*theirs)[off], &(*ref)[off], m.len);
     if (o.conflict) {
       child.status.conflict = 1;
-      child.status.conflict_addr = lo + o.first_conflict;
+      child.status.conflict_addr = m.start + o.first_conflict;
       return -DET_ECONFLICT;
     }
   }
@@ -236,8 +241,8 @@ long Kernel::refresh_range(Space& parent, Space& child, uint64_t addr, uint64_t 
       whole.push_back(pg);
       continue;
     }
-    uint64_t lo = std::max(pg, addr), hi = std::min(pg + kPage, addr + len);
-    if (long r = move_bytes(parent, lo, child, lo, hi - lo); r < 0) return r;
+    MemRange m = part_of_page(pg, addr, len);
+    if (long r = move_bytes(parent, m.start, child, m.start, m.len); r < 0) return r;
   }
   Status s = m_.copy_pages(parent.proc, child.proc, whole);
   return s.ok() ? 0 : -EFAULT;
@@ -277,14 +282,14 @@ long Kernel::merge_pages(Space& parent, Space& child, uint64_t addr, uint64_t le
     if (Status s = m_.read_pages(child.proc, true, part, ref.get()); !s.ok()) return s.err();
     if (Status s = m_.read_pages(parent.proc, false, part, mine); !s.ok()) return s.err();
     for (size_t i = 0; i < part.size(); ++i) {
-      uint64_t lo = std::max(part[i], addr), hi = std::min(part[i] + kPage, addr + len);
-      size_t off = lo - part[i];
+      MemRange m = part_of_page(part[i], addr, len);
+      size_t off = m.start - part[i];
       uint8_t* page = mine + i * kPage;
       const uint8_t *src = &theirs[i * kPage + off], *was = &ref[i * kPage + off];
-      merge::Outcome o = merge::merge3(page + off, page + off, src, was, hi - lo);
+      merge::Outcome o = merge::merge3(page + off, page + off, src, was, m.len);
       if (o.conflict) {
         child.status.conflict = 1;
-        child.status.conflict_addr = lo + o.first_conflict;
+        child.status.conflict_addr = m.start + o.first_conflict;
         return -DET_ECONFLICT;
       }
       if (!o.changed) continue;
