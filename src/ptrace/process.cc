@@ -177,7 +177,15 @@ Proc* PtraceMachine::adopt(pid_t pid, const Proc& parent) {
   p->gadget = parent.is_master ? gadget_addr() : parent.gadget;
   // A space cannot change its own affinity: it is the creator's, kept here.
   // (A space the master makes gets the affinity fork_here() read.)
-  if (!parent.is_master) p->affinity = parent.affinity;
+  // A clone injected into a space has the Linux affinity its creator had at
+  // that moment: pinned to the master's CPU if the injection pinned it.  It
+  // is then pinned too, and its first resume gives it its own affinity back
+  // (it had run on one CPU for good: placement_test.cc).
+  if (!parent.is_master) {
+    p->affinity = parent.affinity;
+    p->pinned = parent.pinned;
+    p->pinned_cpu = parent.pinned_cpu;
+  }
   Proc* raw = p.get();
   procs_[pid] = std::move(p);
   return raw;

@@ -1,0 +1,74 @@
+// placement_test.cc: where spaces may run.
+//
+// The supervisor keeps a space on the master's CPU while it works on it (a
+// same-CPU handoff is a few microseconds, a cross-CPU wakeup 70-80 in these
+// VMs), and gives the space back its own affinity, its creator's, as soon as
+// it runs.  A space that was left pinned would still compute the right
+// result, only on one CPU: a parallel program would silently stop being
+// parallel.  So these tests read each space's affinity from Linux.
+//
+// Every space is a direct Linux child of the master (clone(CLONE_PARENT)),
+// so the master's children in /proc are exactly its spaces (no snapshots are
+// taken here: Put with START and no SNAP).
+#include <detux/detux.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "harness.h"
+
+using detux::test::children_of;
+using detux::test::in_master;
+
+namespace {
+
+// "pid: cpus" for every child of the master whose affinity is not `want`.
+std::string pinned_children(const cpu_set_t& want) {
+  std::string out;
+  for (pid_t pid : children_of(getpid())) {
+    cpu_set_t has;
+    CPU_ZERO(&has);
+    CHECK_EQ(sched_getaffinity(pid, sizeof has, &has), 0);
+    if (CPU_EQUAL(&has, &want)) continue;
+    out += std::to_string(pid) + ":";
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &has)) out += " " + std::to_string(c);
+    out += ";";
+  }
+  return out;
+}
+
+// Child 0 of the master makes its own child 5 (no snapshot), starts it and
+// waits for it; child 5 just returns.
+void make_grandchild_and_return() {
+  long r = dput(5, DET_START, nullptr, 0, nullptr);
+  if (r == DET_CHILD)
+    for (;;) dret();
+  det_status st{};
+  if (r < 0 || dget(5, DET_STATUS, &st, sizeof st, nullptr) < 0) _exit(3);
+  for (;;) dret();
+}
+
+}  // namespace
+
+TEST(Placement, ASpaceMadeByASpaceRunsWithItsCreatorsAffinityNotPinnedToTheMastersCpu) {
+  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "needs two CPUs";
+  auto r = in_master([](std::string& out) {
+    cpu_set_t two;
+    CPU_ZERO(&two);
+    CPU_SET(0, &two);
+    CPU_SET(1, &two);
+    CHECK_EQ(sched_setaffinity(0, sizeof two, &two), 0);
+    long c = dput(0, DET_START, nullptr, 0, nullptr);
+    if (c == DET_CHILD) make_grandchild_and_return();
+    CHECK_EQ(c, 0L);
+    det_status st{};
+    CHECK_EQ(dget(0, DET_STATUS, &st, sizeof st, nullptr), 0L);
+    CHECK_EQ(st.state, DET_S_STOPPED);
+    CHECK_EQ(children_of(getpid()).size(), size_t{2});
+    out = pinned_children(two);
+  });
+  ASSERT_TRUE(r.ok()) << r.out;
+  EXPECT_EQ(r.out, "") << "spaces left pinned to one CPU (pid: cpus)";
+}
