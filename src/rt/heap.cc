@@ -262,7 +262,8 @@ void* alloc_locked(size_t n) {
       prefer_huge_pages(at, size);
     }
   }
-  if (!user) errno = ENOMEM;
+  if (user) ++gp->live;
+  else errno = ENOMEM;
   return reinterpret_cast<void*>(user);
 }
 
@@ -310,6 +311,7 @@ bool free_locked(void* p) {
   }
   uint64_t bs = header_at(b)->size;
   header_at(b)->check = 0;  // a second free of this pointer is caught
+  --gp->live;
   if (bs > max_small()) {
     forget_huge_pages(b, b + bs);
     give_back(b, b + bs, true);
@@ -451,24 +453,51 @@ void heap_child_start(Extent e) {
 // block must lie in the extent it was given, so a child that scribbled over
 // its own heap state cannot make the parent free or reuse anything else.
 // What fails the check is dropped (its address space is not reused).
+// The child's list of the parent's blocks it freed (deferred), if it lies
+// in the child's extent e; *n entries.  nullptr if there is none.
+uint64_t* deferred_list(const HeapState& child, Extent e, uint64_t* n) {
+  uint64_t off, arr = block_of(reinterpret_cast<void*>(child.deferred), &off);
+  if (!arr || !e.holds(arr, arr + header_at(arr)->size)) return nullptr;
+  *n = std::min(child.ndeferred, (header_at(arr)->size - kHdr) / 8);
+  return reinterpret_cast<uint64_t*>(child.deferred);
+}
+
+// A child whose extent holds no live block (all it allocated it freed; at
+// most its deferred list is left) gives the extent back whole, as if it had
+// never been carved: the next child then gets the same one.  Splicing its
+// free lists instead would leave the parent's next small blocks scattered
+// in it, the extent could never coalesce again, and every later child would
+// take a new one 1/32 further down: a few pages each in another 512 GiB of
+// address space, which every fork, exit and page-table scan walks from then
+// on.  The deferred frees are done first (none inside e: e is free).
+bool join_wholly_free(const HeapState& child, Extent e) {
+  uint64_t n = 0;
+  uint64_t* list = deferred_list(child, e, &n);
+  if (child.live != (list ? 1u : 0u) || e.lo >= e.hi) return false;
+  for (uint64_t i = 0; i < n; ++i)
+    if (!e.holds(list[i], list[i] + 1)) free_locked(reinterpret_cast<void*>(list[i]));
+  give_back(e.lo, e.hi, false);
+  return true;
+}
+
 void heap_join(const HeapState& child, Extent e) {
   Lock l(g_prog);
-  auto inside = [&](uint64_t lo, uint64_t hi) { return lo >= e.lo && hi <= e.hi && lo <= hi; };
+  if (join_wholly_free(child, e)) return;
+  gp->live += child.live;  // its blocks are the parent's to free now
   for (int i = 0; i < child.nfree && i < kMaxIntervals; ++i)
-    if (inside(child.free[i].lo, child.free[i].hi)) give_back(child.free[i].lo, child.free[i].hi, false);
+    if (e.holds(child.free[i].lo, child.free[i].hi)) give_back(child.free[i].lo, child.free[i].hi, false);
   gp->committed += child.committed;
   for (int c = 0; c < kClasses; ++c) {
     const FreeList& f = child.cls[c];
-    if (inside(f.run_next, f.run_end)) give_back(f.run_next, f.run_end, true);
-    if (!f.head || !inside(f.head, f.head + kHdr + 8) || !inside(f.tail, f.tail + kHdr + 8)) continue;
+    if (e.holds(f.run_next, f.run_end)) give_back(f.run_next, f.run_end, true);
+    if (!f.head || !e.holds(f.head, f.head + kHdr + 8) || !e.holds(f.tail, f.tail + kHdr + 8)) continue;
     link_of(f.tail) = gp->cls[c].head;
     if (!gp->cls[c].tail) gp->cls[c].tail = f.tail;
     gp->cls[c].head = f.head;
   }
-  uint64_t off, arr = block_of(reinterpret_cast<void*>(child.deferred), &off);
-  if (!arr || !inside(arr, arr + header_at(arr)->size)) return;
-  uint64_t n = std::min(child.ndeferred, (header_at(arr)->size - kHdr) / 8);
-  auto* list = reinterpret_cast<uint64_t*>(child.deferred);
+  uint64_t n = 0;
+  uint64_t* list = deferred_list(child, e, &n);
+  if (!list) return;
   for (uint64_t i = 0; i < n; ++i) free_locked(reinterpret_cast<void*>(list[i]));
   free_locked(list);
 }

@@ -17,8 +17,9 @@
 // frees that belongs to an ancestor is remembered and freed by the parent at
 // join.  At join the parent takes back what the child did not use: its free
 // intervals, its partly used runs and its free lists, which after the merge
-// sit in the parent's memory.  If the join does not merge (a conflict or a
-// fault), the whole extent returns to the parent.
+// sit in the parent's memory; a child that kept no block at all gives its
+// extent back whole, so the next child gets the same one.  If the join does
+// not merge (a conflict or a fault), the whole extent returns to the parent.
 //
 // Blocks carry a 16-byte header (size and a check word), so free() of a
 // pointer the heap never gave out is caught: in a space it faults the space
@@ -40,6 +41,7 @@ inline constexpr uint64_t kHeapMaxSize = 1ULL << 44;       // 16 TiB of address 
 struct Extent {
   uint64_t lo = 0, hi = 0;
   uint64_t size() const { return hi - lo; }
+  bool holds(uint64_t a, uint64_t b) const { return a >= lo && b <= hi && a <= b; }  // [a, b)
 };
 
 inline constexpr int kClasses = 31;     // block sizes 32 B .. 1 MiB (x1, x1.5 steps)
@@ -62,6 +64,7 @@ struct HeapState {
   uint64_t deferred = 0;           // array of foreign blocks freed here
   uint64_t ndeferred = 0, deferred_cap = 0;
   uint64_t committed = 0;          // bytes carved and not given back
+  uint64_t live = 0;               // blocks of `own` given out and not freed
   uint64_t limit = 16ULL << 30;    // most bytes this space may hold
   bool limited = false;            // the master is not limited
 };
