@@ -9,7 +9,10 @@
 //
 // Every space is a direct Linux child of the master (clone(CLONE_PARENT)),
 // so the master's children in /proc are exactly its spaces (no snapshots are
-// taken here: Put with START and no SNAP).
+// taken here: Put with START and no SNAP).  Without a snapshot is also how
+// the bug showed: a clone injected into a space inherited the pinning of the
+// injection, and only a later injection into the clone itself (its
+// snapshot) happened to give it its own affinity back.
 #include <detux/detux.h>
 #include <sched.h>
 #include <unistd.h>
