@@ -449,10 +449,6 @@ void heap_child_start(Extent e) {
   }
 }
 
-// What the child reports is checked before it is believed: every range and
-// block must lie in the extent it was given, so a child that scribbled over
-// its own heap state cannot make the parent free or reuse anything else.
-// What fails the check is dropped (its address space is not reused).
 // The child's list of the parent's blocks it freed (deferred), if it lies
 // in the child's extent e; *n entries.  nullptr if there is none.
 uint64_t* deferred_list(const HeapState& child, Extent e, uint64_t* n) {
@@ -480,6 +476,12 @@ bool join_wholly_free(const HeapState& child, Extent e) {
   return true;
 }
 
+// What the child reports is checked before it is believed: every range and
+// block must lie in the extent it was given, so a child that scribbled over
+// its own heap state cannot make the parent free or reuse anything else.
+// What fails the check is dropped (its address space is not reused).  Its
+// count of live blocks is believed: a child that lies about it can only
+// make the parent reuse memory the child itself owned.
 void heap_join(const HeapState& child, Extent e) {
   Lock l(g_prog);
   if (join_wholly_free(child, e)) return;
