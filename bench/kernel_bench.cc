@@ -89,6 +89,7 @@ BENCHMARK_CAPTURE(BM_DforkDjoin, unpinned, false)->Iterations(200)->Unit(benchma
 BENCHMARK_CAPTURE(BM_PthreadCreateJoin, pinned, true)->Iterations(5000)->Unit(benchmark::kMicrosecond);
 BENCHMARK_CAPTURE(BM_PthreadCreateJoin, unpinned, false)->Iterations(5000)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_DforkPhases)->Iterations(200)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_NestedDforkDjoin)->Iterations(3)->Unit(benchmark::kMillisecond);
 // 4.
 BENCHMARK(BM_Memcpy64M)->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_CowFault64M)->UseManualTime()->Iterations(3)->Unit(benchmark::kMillisecond);
@@ -186,6 +187,8 @@ void print_summary() {
   rows.push_back({"3", "  phase: djoin (status+merge+kill)", fig("phase_djoin"), "us", "", NAN, "",
                   -1});
   rows.push_back({"3", "  phase: Put/Kill alone", fig("phase_kill"), "us", "", NAN, "", -1});
+  rows.push_back({"3", "dfork+djoin made by a space (nested)", fig("nested_dfork_djoin"), "us",
+                  "dfork+djoin [unpinned]", fig("dfork_djoin_unpinned"), "(info)", -1});
   double gbps = fig("merge64_gbps"), mcp = fig("memcpy64_gbps");
   rows.push_back({"4", "merge 64 MB all dirty: throughput", gbps, "GB/s", "memcpy 64 MB", mcp,
                   ">= 1 GB/s", check_ge(gbps, 1)});

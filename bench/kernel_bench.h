@@ -220,6 +220,7 @@ void BM_ReadProcMaps(benchmark::State& state);
 void BM_DforkDjoin(benchmark::State& state, bool pinned);
 void BM_PthreadCreateJoin(benchmark::State& state, bool pinned);
 void BM_DforkPhases(benchmark::State& state);
+void BM_NestedDforkDjoin(benchmark::State& state);
 void BM_Merge64M(benchmark::State& state);
 void BM_Memcpy64M(benchmark::State& state);
 void BM_CowFault64M(benchmark::State& state);

@@ -49,6 +49,41 @@ void BM_DforkDjoin(benchmark::State& state, bool pinned) {
   record(std::string("dfork_djoin_") + placement_name(pinned), us);
 }
 
+// The same from inside a space (qsort's inner levels): the fork is a clone
+// injected into the space plus its snapshot's, and the join merges into the
+// space through process_vm_readv/writev.  A space cannot read a clock, so
+// the master times the space's whole loop of kNested forks and joins (and
+// its own one dfork, 1 % of it).
+constexpr int kNested = 100;
+
+[[noreturn]] void nested_fork_join_loop() {
+  for (int i = 0; i < kNested; ++i) {
+    g_val = static_cast<uint8_t>(g_val + 1);
+    int r = dfork(1);
+    if (r == 0) write_page_and_ret();
+    if (r != 1 || djoin(1) != 0 || g_page[kPage - 1] != g_val) _exit(3);
+  }
+  for (;;) dret();
+}
+
+void BM_NestedDforkDjoin(benchmark::State& state) {
+  touch_mb();
+  for (auto _ : state) {
+    double t0 = now_s();
+    int r = dfork(0);
+    if (r == 0) nested_fork_join_loop();
+    det_status st{};
+    long g = dget(0, DET_STATUS, &st, sizeof st, nullptr);
+    double us = (now_s() - t0) / kNested * 1e6;
+    int j = djoin_status(0, &st);
+    if (r != 1 || g != 0 || j != 0 || st.state != DET_S_STOPPED) {
+      state.SkipWithError(("nested dfork/djoin: " + describe(st)).c_str());
+      break;
+    }
+    record("nested_dfork_djoin", us);
+  }
+}
+
 void* thread_write_page(void*) {
   uint8_t v = g_val;
   for (size_t i = 0; i < kPage; ++i) g_tpage[i] = v;
