@@ -12,7 +12,6 @@
 
 #include <csignal>
 #include <map>
-#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -76,9 +75,8 @@ class Kernel {
   long merge_pages(Space& parent, Space& child, uint64_t addr, uint64_t len,
                    const std::vector<uint64_t>& pages, std::vector<uint64_t>* changed,
                    uint8_t* results);
-  long check_in_place(Space& child, uint64_t addr, uint64_t len,
-                      const std::vector<uint64_t>& pages, std::unique_ptr<uint8_t[]>* theirs,
-                      std::unique_ptr<uint8_t[]>* ref);
+  long merge_in_place(Space& parent, Space& child, uint64_t addr, uint64_t len,
+                      const std::vector<uint64_t>& whole, const std::vector<uint64_t>& partial);
   long gain(Space& s, uint64_t bytes);
 
   void log_call(const Space& caller, const Call& c, long result) const;

@@ -32,6 +32,12 @@ bool bad_range(uint64_t addr, uint64_t len) {
 }
 uint64_t page_down(uint64_t a) { return a & ~(kPage - 1); }
 uint64_t page_up(uint64_t a) { return (a + kPage - 1) & ~(kPage - 1); }
+// A merge into the parent found its first conflicting byte at `at`.
+long conflict_at(Space& child, uint64_t at) {
+  child.status.conflict = 1;
+  child.status.conflict_addr = at;
+  return -DET_ECONFLICT;
+}
 // The part of the page at `page` that lies in [addr, addr + len).
 MemRange part_of_page(uint64_t page, uint64_t addr, uint64_t len) {
   uint64_t lo = std::max(page, addr), hi = std::min(page + kPage, addr + len);
@@ -170,19 +176,8 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
     ((*same)[i] && inside ? whole : partial).push_back(pages[i]);
   }
   constexpr size_t kInPlaceMax = 4096;  // pages: two 16 MiB buffers at most
-  if (partial.size() <= kInPlaceMax && m_.in_place(parent.proc, partial)) {
-    std::unique_ptr<uint8_t[]> theirs, ref;
-    if (long r = check_in_place(child, addr, len, partial, &theirs, &ref); r < 0) return r;
-    if (Status s = m_.copy_pages(child.proc, parent.proc, whole); !s.ok()) return s.err();
-    for (size_t i = 0; i < partial.size(); ++i) {
-      MemRange m = part_of_page(partial[i], addr, len);
-      size_t off = i * kPage + (m.start - partial[i]);
-      auto* mine = reinterpret_cast<uint8_t*>(m.start);  // in_place: the master's own memory
-      merge::Outcome o = merge::merge3(mine, mine, &theirs[off], &ref[off], m.len);
-      DETUX_ASSERT(!o.conflict);  // checked above, and nothing ran in between
-    }
-    return 0;
-  }
+  if (partial.size() <= kInPlaceMax && m_.in_place(parent.proc, partial))
+    return merge_in_place(parent, child, addr, len, whole, partial);
   std::vector<uint64_t> changed;
   std::unique_ptr<uint8_t[]> results(new uint8_t[partial.size() * kPage]);  // not zeroed
   if (long r = merge_pages(parent, child, addr, len, partial, &changed, results.get()); r < 0)
@@ -192,27 +187,39 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
   return s.ok() ? 0 : s.err();
 }
 
-// For merge_range: reads the child's and the snapshot's copies of `pages`
-// into *theirs and *ref and checks each against the parent's page where it
-// lies (in_place), storing nothing.  The first conflict (the lowest address)
-// ends it with -DET_ECONFLICT.
-long Kernel::check_in_place(Space& child, uint64_t addr, uint64_t len,
-                            const std::vector<uint64_t>& pages, std::unique_ptr<uint8_t[]>* theirs,
-                            std::unique_ptr<uint8_t[]>* ref) {
-  theirs->reset(new uint8_t[pages.size() * kPage]);  // not zeroed
-  ref->reset(new uint8_t[pages.size() * kPage]);
-  if (Status s = m_.read_pages(child.proc, false, pages, theirs->get()); !s.ok()) return s.err();
-  if (Status s = m_.read_pages(child.proc, true, pages, ref->get()); !s.ok()) return s.err();
-  for (size_t i = 0; i < pages.size(); ++i) {
-    MemRange m = part_of_page(pages[i], addr, len);
-    size_t off = i * kPage + (m.start - pages[i]);
+// For merge_range, where the parent's `partial` pages are its own memory
+// (in_place): reads the child's and the snapshot's copies, checks every page
+// against the parent's where it lies, storing nothing, and only then copies
+// the `whole` pages and merges the others in place.  The first conflict (the
+// lowest address) ends it with -DET_ECONFLICT before anything is written.
+long Kernel::merge_in_place(Space& parent, Space& child, uint64_t addr, uint64_t len,
+                            const std::vector<uint64_t>& whole,
+                            const std::vector<uint64_t>& partial) {
+  std::unique_ptr<uint8_t[]> theirs(new uint8_t[partial.size() * kPage]);  // not zeroed
+  std::unique_ptr<uint8_t[]> ref(new uint8_t[partial.size() * kPage]);
+  if (Status s = m_.read_pages(child.proc, false, partial, theirs.get()); !s.ok()) return s.err();
+  if (Status s = m_.read_pages(child.proc, true, partial, ref.get()); !s.ok()) return s.err();
+  // The part of page i to merge: at the parent's own address, and at the
+  // same offset in the buffers.
+  auto part = [&](size_t i, size_t* off) {
+    MemRange m = part_of_page(partial[i], addr, len);
+    *off = i * kPage + (m.start - partial[i]);
+    return m;
+  };
+  for (size_t i = 0; i < partial.size(); ++i) {
+    size_t off;
+    MemRange m = part(i, &off);
     const auto* mine = reinterpret_cast<const uint8_t*>(m.start);  // in_place: our memory
-    merge::Outcome o = merge::check3(mine, &(*theirs)[off], &(*ref)[off], m.len);
-    if (o.conflict) {
-      child.status.conflict = 1;
-      child.status.conflict_addr = m.start + o.first_conflict;
-      return -DET_ECONFLICT;
-    }
+    merge::Outcome o = merge::check3(mine, &theirs[off], &ref[off], m.len);
+    if (o.conflict) return conflict_at(child, m.start + o.first_conflict);
+  }
+  if (Status s = m_.copy_pages(child.proc, parent.proc, whole); !s.ok()) return s.err();
+  for (size_t i = 0; i < partial.size(); ++i) {
+    size_t off;
+    MemRange m = part(i, &off);
+    auto* mine = reinterpret_cast<uint8_t*>(m.start);
+    merge::Outcome o = merge::merge3(mine, mine, &theirs[off], &ref[off], m.len);
+    DETUX_ASSERT(!o.conflict);  // checked above, and nothing ran in between
   }
   return 0;
 }
@@ -287,11 +294,7 @@ long Kernel::merge_pages(Space& parent, Space& child, uint64_t addr, uint64_t le
       uint8_t* page = mine + i * kPage;
       const uint8_t *src = &theirs[i * kPage + off], *was = &ref[i * kPage + off];
       merge::Outcome o = merge::merge3(page + off, page + off, src, was, m.len);
-      if (o.conflict) {
-        child.status.conflict = 1;
-        child.status.conflict_addr = m.start + o.first_conflict;
-        return -DET_ECONFLICT;
-      }
+      if (o.conflict) return conflict_at(child, m.start + o.first_conflict);
       if (!o.changed) continue;
       uint8_t* slot = results + changed->size() * kPage;
       if (slot != page) std::memcpy(slot, page, kPage);

@@ -465,10 +465,9 @@ uint64_t* deferred_list(const HeapState& child, Extent e, uint64_t* n) {
 // in it, the extent could never coalesce again, and every later child would
 // take a new one 1/32 further down: a few pages each in another 512 GiB of
 // address space, which every fork, exit and page-table scan walks from then
-// on.  The deferred frees are done first (none inside e: e is free).
-bool join_wholly_free(const HeapState& child, Extent e) {
-  uint64_t n = 0;
-  uint64_t* list = deferred_list(child, e, &n);
+// on.  The deferred frees (`list`, n entries) are done first (none inside
+// e: e is free).
+bool join_wholly_free(const HeapState& child, Extent e, const uint64_t* list, uint64_t n) {
   if (child.live != (list ? 1u : 0u) || e.lo >= e.hi) return false;
   for (uint64_t i = 0; i < n; ++i)
     if (!e.holds(list[i], list[i] + 1)) free_locked(reinterpret_cast<void*>(list[i]));
@@ -484,7 +483,9 @@ bool join_wholly_free(const HeapState& child, Extent e) {
 // make the parent reuse memory the child itself owned.
 void heap_join(const HeapState& child, Extent e) {
   Lock l(g_prog);
-  if (join_wholly_free(child, e)) return;
+  uint64_t n = 0;
+  uint64_t* list = deferred_list(child, e, &n);
+  if (join_wholly_free(child, e, list, n)) return;
   gp->live += child.live;  // its blocks are the parent's to free now
   for (int i = 0; i < child.nfree && i < kMaxIntervals; ++i)
     if (e.holds(child.free[i].lo, child.free[i].hi)) give_back(child.free[i].lo, child.free[i].hi, false);
@@ -497,8 +498,6 @@ void heap_join(const HeapState& child, Extent e) {
     if (!gp->cls[c].tail) gp->cls[c].tail = f.tail;
     gp->cls[c].head = f.head;
   }
-  uint64_t n = 0;
-  uint64_t* list = deferred_list(child, e, &n);
   if (!list) return;
   for (uint64_t i = 0; i < n; ++i) free_locked(reinterpret_cast<void*>(list[i]));
   free_locked(list);
