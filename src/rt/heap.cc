@@ -225,7 +225,9 @@ uint64_t alloc_small(int c) {
 constexpr uint64_t kHuge = 2 << 20;
 constexpr int kMaxHugeBlocks = 64;  // more blocks are still advised, not re-collapsed
 constexpr int kMadvCollapse = 25;   // MADV_COLLAPSE, Linux 6.1; absent from older headers
+constexpr int kMaxBusyCollapses = 8;  // EAGAIN this many times in a row: given up
 Extent g_huge[kMaxHugeBlocks];      // the huge-page parts of live blocks
+int g_huge_busy[kMaxHugeBlocks];    // its collapses that failed with EAGAIN, in a row
 int g_nhuge = 0;
 bool g_huge_split = false;          // a merge may have split some of them
 
@@ -236,7 +238,15 @@ void prefer_huge_pages(uint64_t at, uint64_t size) {
   uint64_t lo = (at + kHuge - 1) & ~(kHuge - 1), hi = (at + size) & ~(kHuge - 1);
   if (!wants_huge_pages(size) || hi < lo + kHuge) return;
   madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
-  if (g_nhuge < kMaxHugeBlocks) g_huge[g_nhuge++] = Extent{lo, hi};
+  if (g_nhuge == kMaxHugeBlocks) return;
+  g_huge_busy[g_nhuge] = 0;
+  g_huge[g_nhuge++] = Extent{lo, hi};
+}
+
+void drop_huge(int i) {
+  --g_nhuge;
+  g_huge[i] = g_huge[g_nhuge];
+  g_huge_busy[i] = g_huge_busy[g_nhuge];
 }
 
 // The block [lo, hi) is freed: its huge-page part is no longer collapsed.
@@ -244,7 +254,7 @@ void forget_huge_pages(uint64_t lo, uint64_t hi) {
   if (gp != &g_prog || g_in_space) return;
   for (int i = 0; i < g_nhuge; ++i) {
     if (g_huge[i].lo < lo || g_huge[i].hi > hi) continue;
-    g_huge[i--] = g_huge[--g_nhuge];
+    drop_huge(i--);
   }
 }
 
@@ -331,15 +341,27 @@ void heap_merged_into_master() { g_huge_split = g_nhuge > 0; }
 // Best effort.  A block Linux would not collapse (no MADV_COLLAPSE, no huge
 // page free even after compaction, which it tries synchronously) keeps its
 // small pages and is not tried again: a failing collapse can cost more
-// than the forks it was meant to save.
+// than the forks it was meant to save.  EAGAIN is different: Linux found a
+// page busy (held by a space killed at its join and still exiting, or
+// locked for a moment) and collapsed the rest.  Giving such a block up for
+// good left lu 2048^2's matrix in 8192 small pages for the rest of the run
+// after one busy page in the second batch, so every later fork and exit
+// copied and tore down those entries.  So it is tried again at the next
+// dfork, up to kMaxBusyCollapses times in a row.
 void heap_rejoin_huge_pages() {
   if (!g_huge_split || g_in_space) return;
   Lock l(g_prog);
+  bool busy = false;
   for (int i = 0; i < g_nhuge; ++i) {
-    if (madvise(reinterpret_cast<void*>(g_huge[i].lo), g_huge[i].size(), kMadvCollapse) != 0)
-      g_huge[i--] = g_huge[--g_nhuge];
+    if (madvise(reinterpret_cast<void*>(g_huge[i].lo), g_huge[i].size(), kMadvCollapse) == 0) {
+      g_huge_busy[i] = 0;
+    } else if (errno == EAGAIN && ++g_huge_busy[i] < kMaxBusyCollapses) {
+      busy = true;
+    } else {
+      drop_huge(i--);
+    }
   }
-  g_huge_split = false;
+  g_huge_split = busy;
 }
 
 HeapState& heap_state() { return g_prog; }
