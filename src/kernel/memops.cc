@@ -17,6 +17,7 @@
 #include "abi.h"
 #include "kernel/kernel.h"
 #include "merge/merge.h"
+#include "util/page_buffer.h"
 
 namespace detux {
 
@@ -60,11 +61,11 @@ long Kernel::gain(Space& s, uint64_t bytes) {
 
 // Move len bytes in chunks; -EFAULT at the first range that is not there.
 long Kernel::move_bytes(Space& from, uint64_t src, Space& to, uint64_t dst, uint64_t len) {
-  std::vector<uint8_t> buf(std::min(len, kChunk));
+  PageBuffer buf = page_buffer(std::min(len, kChunk));
   for (uint64_t off = 0; off < len; off += kChunk) {
     uint64_t n = std::min(kChunk, len - off);
-    if (!m_.read(from.proc, src + off, buf.data(), n).ok()) return -EFAULT;
-    if (!m_.write(to.proc, dst + off, buf.data(), n).ok()) return -EFAULT;
+    if (!m_.read(from.proc, src + off, buf.get(), n).ok()) return -EFAULT;
+    if (!m_.write(to.proc, dst + off, buf.get(), n).ok()) return -EFAULT;
   }
   return 0;
 }
@@ -179,7 +180,7 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
   if (partial.size() <= kInPlaceMax && m_.in_place(parent.proc, partial))
     return merge_in_place(parent, child, addr, len, whole, partial);
   std::vector<uint64_t> changed;
-  std::unique_ptr<uint8_t[]> results(new uint8_t[partial.size() * kPage]);  // not zeroed
+  PageBuffer results = page_buffer(partial.size() * kPage);
   if (long r = merge_pages(parent, child, addr, len, partial, &changed, results.get()); r < 0)
     return r;
   if (Status s = m_.copy_pages(child.proc, parent.proc, whole); !s.ok()) return s.err();
@@ -195,8 +196,7 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
 long Kernel::merge_in_place(Space& parent, Space& child, uint64_t addr, uint64_t len,
                             const std::vector<uint64_t>& whole,
                             const std::vector<uint64_t>& partial) {
-  std::unique_ptr<uint8_t[]> theirs(new uint8_t[partial.size() * kPage]);  // not zeroed
-  std::unique_ptr<uint8_t[]> ref(new uint8_t[partial.size() * kPage]);
+  PageBuffer theirs = page_buffer(partial.size() * kPage), ref = page_buffer(partial.size() * kPage);
   if (Status s = m_.read_pages(child.proc, false, partial, theirs.get()); !s.ok()) return s.err();
   if (Status s = m_.read_pages(child.proc, true, partial, ref.get()); !s.ok()) return s.err();
   // The part of page i to merge: at the parent's own address, and at the
@@ -281,7 +281,7 @@ long Kernel::merge_pages(Space& parent, Space& child, uint64_t addr, uint64_t le
                          uint8_t* results) {
   constexpr size_t kBatch = 256;
   const size_t cap = std::min(pages.size(), kBatch) * kPage;
-  std::unique_ptr<uint8_t[]> theirs(new uint8_t[cap]), ref(new uint8_t[cap]);  // not zeroed
+  PageBuffer theirs = page_buffer(cap), ref = page_buffer(cap);
   for (size_t at = 0; at < pages.size(); at += kBatch) {
     std::span<const uint64_t> part(pages.data() + at, std::min(kBatch, pages.size() - at));
     uint8_t* mine = results + changed->size() * kPage;

@@ -20,6 +20,7 @@
 
 #include "ptrace/ptrace_machine.h"
 #include "ptrace/vma.h"
+#include "util/page_buffer.h"
 
 namespace detux {
 
@@ -343,11 +344,11 @@ Status PtraceMachine::copy_pages(Proc* from, Proc* to, std::span<const uint64_t>
     return move_pieces(from->pid, false, pieces,
                        [](const Piece& pc) { return reinterpret_cast<void*>(pc.addr); });
   constexpr size_t kBatch = 256;  // pages through the buffer at a time
-  std::vector<uint8_t> buf(std::min(pages.size(), kBatch) * kPage);
+  PageBuffer buf = page_buffer(std::min(pages.size(), kBatch) * kPage);
   for (size_t i = 0; i < pages.size(); i += kBatch) {
     auto part = pages.subspan(i, std::min(kBatch, pages.size() - i));
-    DETUX_TRY(batch_rw(from->pid, false, part, buf.data()));
-    DETUX_TRY(batch_rw(to->pid, true, part, buf.data()));
+    DETUX_TRY(batch_rw(from->pid, false, part, buf.get()));
+    DETUX_TRY(batch_rw(to->pid, true, part, buf.get()));
   }
   return ok_status();
 }
