@@ -15,6 +15,7 @@
 // snapshot) happened to give it its own affinity back.
 #include <detux/detux.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <string>
@@ -72,4 +73,53 @@ TEST(Placement, ASpaceMadeByASpaceRunsWithItsCreatorsAffinityNotPinnedToTheMaste
   });
   ASSERT_TRUE(r.ok()) << r.out;
   EXPECT_EQ(r.out, "") << "spaces left pinned to one CPU (pid: cpus)";
+}
+
+namespace {
+
+// "pid: policy" for every child of the master whose policy is not `want`.
+std::string children_not_at(int want) {
+  std::string out;
+  for (pid_t pid : children_of(getpid())) {
+    int policy = sched_getscheduler(pid);
+    if (policy != want) out += std::to_string(pid) + ": " + std::to_string(policy) + ";";
+  }
+  return out;
+}
+
+// The master starts child 0, which makes and waits for its own child 5.
+void start_child_and_grandchild() {
+  long c = dput(0, DET_START, nullptr, 0, nullptr);
+  if (c == DET_CHILD) make_grandchild_and_return();
+  CHECK_EQ(c, 0L);
+  det_status st{};
+  CHECK_EQ(dget(0, DET_STATUS, &st, sizeof st, nullptr), 0L);
+  CHECK_EQ(st.state, DET_S_STOPPED);
+  CHECK_EQ(children_of(getpid()).size(), size_t{2});
+}
+
+}  // namespace
+
+// The master's work (forks, merges) must not wait behind its own spaces: a
+// started space runs SCHED_IDLE, and so does every space it makes.  At
+// normal priority lu 2048^2's 64 runnable children left the master 1/33 of
+// its CPU and the program 40 % idle.
+TEST(Placement, StartedSpacesAndTheSpacesTheyMakeRunBehindTheMasterAtSchedIdle) {
+  auto r = in_master([](std::string& out) {
+    start_child_and_grandchild();
+    CHECK_EQ(sched_getscheduler(0), SCHED_OTHER);  // the master itself is not demoted
+    out = children_not_at(SCHED_IDLE);
+  });
+  ASSERT_TRUE(r.ok()) << r.out;
+  EXPECT_EQ(r.out, "") << "spaces not at SCHED_IDLE (pid: policy)";
+}
+
+TEST(Placement, DetuxSpaceSchedNormalKeepsSpacesAtNormalPriority) {
+  auto r = in_master([](std::string& out) {
+    setenv("DETUX_SPACE_SCHED", "normal", 1);  // read when the process becomes master
+    start_child_and_grandchild();
+    out = children_not_at(SCHED_OTHER);
+  });
+  ASSERT_TRUE(r.ok()) << r.out;
+  EXPECT_EQ(r.out, "") << "spaces not at SCHED_OTHER (pid: policy)";
 }

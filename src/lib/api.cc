@@ -102,6 +102,8 @@ long ensure_master() {
   detux::rt::Extent sys = detux::rt::system_heap_span(), books = detux::rt::system_heap_state();
   detux::set_supervisor_memory(sys.lo, sys.size(), books.lo, books.size());
   detux::set_sigsys_handler(detux::rt::on_sigsys);
+  const char* sched = getenv("DETUX_SPACE_SCHED");  // "normal": spaces not SCHED_IDLE
+  detux::set_spaces_in_background(!(sched && strcmp(sched, "normal") == 0));
   const char* t = getenv("DETUX_TRACE");
   g_master->kernel.set_trace(t && *t && strcmp(t, "0") != 0);
   register_images_from_env();

@@ -37,6 +37,7 @@ sock_fprog g_fprog;
 sock_filter g_filter[BPF_MAXINSNS];
 BirthPlan g_plan;
 uint64_t g_entry_top = 0;  // set_entry_stack_top
+bool g_background = true;  // set_spaces_in_background
 
 bool is_event(int status, int event) { return (status >> 8) == (SIGTRAP | (event << 8)); }
 
@@ -85,6 +86,7 @@ PtraceMachine::~PtraceMachine() {
 
 void set_child_entry(void (*entry)()) { g_plan.entry = entry; }
 void set_sigsys_handler(void (*handler)(int, siginfo_t*, void*)) { g_plan.sigsys = handler; }
+void set_spaces_in_background(bool on) { g_background = on; }
 void set_entry_stack_top(uint64_t sp) { g_entry_top = sp; }
 void set_supervisor_memory(uint64_t heap, uint64_t heap_len, uint64_t books, uint64_t books_len) {
   g_plan.hidden_start = heap;
@@ -148,6 +150,27 @@ void PtraceMachine::pin(Proc* p) {
   }
 }
 
+// The master does the supervisor's work (forks, merges, teardown) on one
+// CPU, and its spaces compute on all of them, the master's included.  At
+// normal priority each runnable space takes as large a share as the master:
+// lu 2048^2 keeps up to 64 children runnable, so on 2 CPUs the master got
+// about 1/33 of its CPU, and a fork of it (0.15 ms of CPU) took 1.4 ms of
+// wall time, most of it waiting to run again.  The whole program then waited
+// on the master while the CPUs stood idle 40 % of the time.  So a space runs
+// SCHED_IDLE from its first start: whenever no normal task wants its CPU,
+// and the master preempts it at once.  Not earlier: its birth (and an exec'd
+// program's loading) is work the master waits for.  The cost: spaces also
+// yield to every other normal task in their scheduling group (with
+// autogroup, the same session), so a CPU-bound program started beside them
+// slows them down; DETUX_SPACE_SCHED=normal in the master's environment
+// turns this off.  A space's clones inherit the policy.  Best effort: a
+// space left SCHED_OTHER is only slower.
+void PtraceMachine::to_background(Proc* p) {
+  sched_param none{};
+  sched_setscheduler(p->pid, SCHED_IDLE, &none);
+  p->background = true;
+}
+
 void PtraceMachine::unpin(Proc* p) {
   if (!p->pinned) return;
   sched_setaffinity(p->pid, sizeof p->affinity, &p->affinity);
@@ -185,6 +208,7 @@ Proc* PtraceMachine::adopt(pid_t pid, const Proc& parent) {
     p->affinity = parent.affinity;
     p->pinned = parent.pinned;
     p->pinned_cpu = parent.pinned_cpu;
+    p->background = parent.background;  // a clone has its creator's policy
   }
   Proc* raw = p.get();
   procs_[pid] = std::move(p);
@@ -422,6 +446,13 @@ void PtraceMachine::destroy(Proc* p) {
   drop_ref(p);
   if (p->pagemap_fd >= 0) close(p->pagemap_fd);
   if (p->maps_fd >= 0) close(p->maps_fd);
+  // Dying is not the program's work: a space torn down at SCHED_IDLE holds
+  // its pages busy while the master runs, and the master's next huge-page
+  // collapse fails on them (heap.cc).
+  if (p->background && p->stop != StopKind::kDead) {
+    sched_param none{};
+    sched_setscheduler(p->pid, SCHED_OTHER, &none);
+  }
   if (p->stop != StopKind::kDead) kill_later(p->pid, p->stop);
   procs_.erase(p->pid);
 }
@@ -457,6 +488,7 @@ Status PtraceMachine::resume(Proc* p, long result) {
   // master is about to sleep: its next call then wakes the master locally.
   // Its affinity is restored at once, so the balancer may still move it.
   if (answering) pin(p);
+  if (g_background && !p->background) to_background(p);
   long r = ptrace(PTRACE_CONT, p->pid, nullptr, nullptr);
   unpin(p);
   if (r != 0) return Err{-ESRCH};

@@ -63,6 +63,7 @@ struct Proc {
   bool pinned = false;  // kept on the master's CPU while the supervisor works on it
   int pinned_cpu = -1;  // that CPU
   cpu_set_t affinity{}; // its own affinity (its creator's), restored when unpinned
+  bool background = false;  // SCHED_IDLE (to_background)
 };
 
 inline constexpr long kPtraceOptions = PTRACE_O_EXITKILL | PTRACE_O_TRACESECCOMP |
@@ -91,6 +92,10 @@ void set_entry_stack_top(uint64_t sp);
 void set_supervisor_memory(uint64_t heap, uint64_t heap_len, uint64_t books, uint64_t books_len);
 // The handler every space runs for the calls the filter traps (birth.h).
 void set_sigsys_handler(void (*handler)(int, siginfo_t*, void*));
+// Whether spaces run behind the master in the scheduler (SCHED_IDLE from
+// their first start, the default: PtraceMachine::to_background).  Set by
+// the library from DETUX_SPACE_SCHED.
+void set_spaces_in_background(bool on);
 
 class PtraceMachine final : public Machine {
  public:
@@ -158,6 +163,7 @@ class PtraceMachine final : public Machine {
   void serve();
   void pin(Proc* p);
   void unpin(Proc* p);
+  void to_background(Proc* p);
 
   Proc master_;
   std::map<pid_t, std::unique_ptr<Proc>> procs_;
