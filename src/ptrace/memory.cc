@@ -258,11 +258,24 @@ Status PtraceMachine::read_pages(Proc* p, bool snapshot, std::span<const uint64_
                                  uint8_t* out) {
   if (!snapshot) return batch_rw(p->pid, false, pages, out);
   DETUX_ASSERT(p->ref_pid > 0);
-  // Pages the snapshot lacks (mapped later) read as zeros: one by one.
-  if (batch_rw(p->ref_pid, false, pages, out).ok()) return ok_status();
-  for (size_t i = 0; i < pages.size(); ++i) {
-    if (!transfer(p->ref_pid, false, pages[i], out + i * kPage, kPage).ok())
-      std::memset(out + i * kPage, 0, kPage);
+  // Through /proc/PID/mem, not process_vm_readv: that pins the pages, and
+  // pinning a page the snapshot still shares (all of them, with the master
+  // and the child) makes Linux give the snapshot its own copy first.  Read
+  // this way, a shared page costs 1.9-2.2 us instead of 2.7-2.9 (a
+  // stand-alone test), and the snapshot does not grow a copy of every page
+  // read, which its teardown would free again.  lu 2048^2 at N = 2: merging
+  // 1.83-1.86 -> 1.51-1.66 s.  One read per run of pages; a run that fails
+  // is read page by page, and a page the snapshot lacks (mapped later)
+  // reads as zeros.
+  int fd = cached_proc(p->ref_pid, "mem", &p->ref_mem_fd);
+  if (fd < 0) return Err{-ESRCH};
+  for (const Piece& pc : runs_of(pages)) {
+    uint8_t* to = out + pc.first * kPage;
+    ssize_t got = pread(fd, to, pc.count * kPage, static_cast<off_t>(pc.addr));
+    if (got == static_cast<ssize_t>(pc.count * kPage)) continue;
+    for (size_t i = 0; i < pc.count; ++i)
+      if (pread(fd, to + i * kPage, kPage, static_cast<off_t>(pc.addr + i * kPage)) != kPage)
+        std::memset(to + i * kPage, 0, kPage);
   }
   return ok_status();
 }

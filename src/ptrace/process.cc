@@ -413,12 +413,13 @@ void PtraceMachine::drop_ref(Proc* p) {
 
 void PtraceMachine::forget_ref(Proc* p) {
   if (p->ref_pagemap_fd >= 0) close(p->ref_pagemap_fd);
-  p->ref_pagemap_fd = -1;
+  if (p->ref_mem_fd >= 0) close(p->ref_mem_fd);
+  p->ref_pagemap_fd = p->ref_mem_fd = -1;
   p->ref_pid = 0;
 }
 
 void PtraceMachine::set_ref(Proc* p, pid_t ref) {
-  DETUX_ASSERT(p->ref_pid <= 0 && p->ref_pagemap_fd < 0);
+  DETUX_ASSERT(p->ref_pid <= 0 && p->ref_pagemap_fd < 0 && p->ref_mem_fd < 0);
   p->ref_pid = ref;
   p->dirty_accum.clear();
   p->remapped.clear();

@@ -53,6 +53,7 @@ struct Proc {
   bool regs_dirty = false;    // regs were changed here and not yet written
   pid_t ref_pid = 0;                  // the frozen snapshot, if any
   int ref_pagemap_fd = -1;            // its /proc/PID/pagemap, once opened
+  int ref_mem_fd = -1;                // its /proc/PID/mem, once opened
   std::vector<uint64_t> dirty_accum;  // pages written before it forked
   std::vector<MemRange> remapped;     // zero-mapped since the snapshot
   uint64_t tsc = 0;                   // emulated time stamp counter
