@@ -188,6 +188,15 @@ TEST(Heap, RunningOutOfMemoryIsReportedAtTheSameAllocationOnEveryRun) {
   EXPECT_LT(std::stol(out), 64);
 }
 
+// Waits until every space the master killed has finished dying: one still
+// tearing down holds its pages busy, and the master's huge-page collapse then
+// fails with EAGAIN (it is tried again at a later fork).  Live spaces and
+// snapshots are stopped ('t'); the dead are zombies.
+void wait_for_the_dying() {
+  auto dying = [](pid_t, char state) { return state != 'Z' && state != 'X' && state != 't'; };
+  while (!children_of(getpid(), dying).empty()) usleep(1000);
+}
+
 // A large block of the master, every byte `fill`; also left in g_blocks[0],
 // where the children find it.
 uint8_t* big_block(size_t len, int fill) {
@@ -311,6 +320,7 @@ TEST(Heap, HugePagesAMergeSplitInTheMasterAreWholeAgainAtItsNextFork) {
     for (int c = 0; c < 4; ++c) CHECK_EQ(djoin(c), 0);
     const long split = huge_kib(lo, hi);
     CHECK(split < whole);
+    wait_for_the_dying();
     if (dfork(7) == 0) ret_forever();
     CHECK_EQ(huge_kib(lo, hi), whole);
     CHECK_EQ(djoin(7), 0);
@@ -355,8 +365,7 @@ TEST(Heap, AHugePageCollapseThatFoundAPageBusyIsTriedAgainAtTheNextFork) {
     const long busy = huge_kib(lo, hi);
     close(p[0]);
     close(p[1]);
-    // Child 1 is still alive: a space that is dying may hold its pages busy
-    // for a moment (that is what lu met), and this test must not race it.
+    wait_for_the_dying();  // child 0; child 1 is alive and stopped
     if (dfork(2) == 0) ret_forever();
     out += std::to_string((whole - busy) / 2048) + " split while busy, " +
            (huge_kib(lo, hi) == whole ? "whole again" : "still split");

@@ -165,6 +165,17 @@ class PtraceMachine final : public Machine {
   void pin(Proc* p);
   void unpin(Proc* p);
   void to_background(Proc* p);
+  // For its lifetime, a SCHED_IDLE space runs at normal priority.
+  class InForeground {
+   public:
+    explicit InForeground(Proc* p);
+    ~InForeground();
+    InForeground(const InForeground&) = delete;
+    InForeground& operator=(const InForeground&) = delete;
+
+   private:
+    Proc* p_;
+  };
 
   Proc master_;
   std::map<pid_t, std::unique_ptr<Proc>> procs_;
