@@ -54,6 +54,17 @@ void make_grandchild_and_return() {
   for (;;) dret();
 }
 
+// The master starts child 0, which makes and waits for its own child 5.
+void start_child_and_grandchild() {
+  long c = dput(0, DET_START, nullptr, 0, nullptr);
+  if (c == DET_CHILD) make_grandchild_and_return();
+  CHECK_EQ(c, 0L);
+  det_status st{};
+  CHECK_EQ(dget(0, DET_STATUS, &st, sizeof st, nullptr), 0L);
+  CHECK_EQ(st.state, DET_S_STOPPED);
+  CHECK_EQ(children_of(getpid()).size(), size_t{2});
+}
+
 }  // namespace
 
 TEST(Placement, ASpaceMadeByASpaceRunsWithItsCreatorsAffinityNotPinnedToTheMastersCpu) {
@@ -62,13 +73,7 @@ TEST(Placement, ASpaceMadeByASpaceRunsWithItsCreatorsAffinityNotPinnedToTheMaste
   ASSERT_EQ(sched_getaffinity(0, sizeof mine, &mine), 0);
   if (CPU_COUNT(&mine) < 2) GTEST_SKIP() << "needs two CPUs";
   auto r = in_master([](std::string& out) {
-    long c = dput(0, DET_START, nullptr, 0, nullptr);
-    if (c == DET_CHILD) make_grandchild_and_return();
-    CHECK_EQ(c, 0L);
-    det_status st{};
-    CHECK_EQ(dget(0, DET_STATUS, &st, sizeof st, nullptr), 0L);
-    CHECK_EQ(st.state, DET_S_STOPPED);
-    CHECK_EQ(children_of(getpid()).size(), size_t{2});
+    start_child_and_grandchild();
     out = pinned_children(mine);
   });
   ASSERT_TRUE(r.ok()) << r.out;
@@ -85,17 +90,6 @@ std::string children_not_at(int want) {
     if (policy != want) out += std::to_string(pid) + ": " + std::to_string(policy) + ";";
   }
   return out;
-}
-
-// The master starts child 0, which makes and waits for its own child 5.
-void start_child_and_grandchild() {
-  long c = dput(0, DET_START, nullptr, 0, nullptr);
-  if (c == DET_CHILD) make_grandchild_and_return();
-  CHECK_EQ(c, 0L);
-  det_status st{};
-  CHECK_EQ(dget(0, DET_STATUS, &st, sizeof st, nullptr), 0L);
-  CHECK_EQ(st.state, DET_S_STOPPED);
-  CHECK_EQ(children_of(getpid()).size(), size_t{2});
 }
 
 }  // namespace

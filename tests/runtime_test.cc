@@ -207,6 +207,18 @@ uint8_t* big_block(size_t len, int fill) {
   return big;
 }
 
+// big_block(len, 1), its bounds, and how much of it is in huge pages (KiB).
+struct HugeBlock {
+  uint8_t* big;
+  uint64_t lo, hi;
+  long whole;
+};
+HugeBlock huge_block(size_t len) {
+  uint8_t* big = big_block(len, 1);
+  const auto lo = reinterpret_cast<uint64_t>(big);
+  return {big, lo, lo + len, huge_kib(lo, lo + len)};
+}
+
 // The master's large blocks are backed by huge pages (fewer page-table
 // entries for every fork to copy): a child's write still moves exactly its
 // own bytes, and a byte written on both sides is still a conflict.
@@ -303,9 +315,7 @@ TEST(Heap, HugePagesAMergeSplitInTheMasterAreWholeAgainAtItsNextFork) {
   NEEDS_DETUX_MALLOC();
   std::string out = twice([](std::string& out) {
     constexpr size_t kLen = 16 << 20;
-    uint8_t* big = big_block(kLen, 1);
-    const auto lo = reinterpret_cast<uint64_t>(big), hi = lo + kLen;
-    const long whole = huge_kib(lo, hi);
+    auto [big, lo, hi, whole] = huge_block(kLen);
     if (whole == 0) {
       out += "no huge pages";
       return;
@@ -337,16 +347,14 @@ TEST(Heap, HugePagesAMergeSplitInTheMasterAreWholeAgainAtItsNextFork) {
 }
 
 // A collapse that finds a page busy (EAGAIN: here a pipe holds a reference
-// to it; in lu, a space killed at its join and still exiting) is tried again at the next dfork.
-// It used to be given up for good, which left lu 2048^2's matrix in small
-// pages for the rest of the run after one busy page.
+// to it; in lu, a space killed at its join and still exiting) is tried
+// again at the next dfork.  It used to be given up for good, which left lu
+// 2048^2's matrix in small pages for the rest of the run after one busy page.
 TEST(Heap, AHugePageCollapseThatFoundAPageBusyIsTriedAgainAtTheNextFork) {
   NEEDS_DETUX_MALLOC();
   std::string out = twice([](std::string& out) {
     constexpr size_t kLen = 16 << 20;
-    uint8_t* big = big_block(kLen, 1);
-    const auto lo = reinterpret_cast<uint64_t>(big), hi = lo + kLen;
-    const long whole = huge_kib(lo, hi);
+    auto [big, lo, hi, whole] = huge_block(kLen);
     if (whole == 0) {
       out += "no huge pages";
       return;

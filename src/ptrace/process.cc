@@ -163,8 +163,10 @@ void PtraceMachine::pin(Proc* p) {
 // yield to every other normal task in their scheduling group (with
 // autogroup, the same session), so a CPU-bound program started beside them
 // slows them down; DETUX_SPACE_SCHED=normal in the master's environment
-// turns this off.  A space's clones inherit the policy.  Best effort: a
-// space left SCHED_OTHER is only slower.
+// turns this off.  A clone injected into a space is born at the normal
+// priority its creator had for the injection (InForeground) and goes to the
+// background at its first resume like any space.  Best effort: a space left
+// SCHED_OTHER is only slower.
 void PtraceMachine::to_background(Proc* p) {
   sched_param none{};
   sched_setscheduler(p->pid, SCHED_IDLE, &none);
