@@ -143,6 +143,34 @@ TEST(Merge, OnlyTheGivenRangeIsMerged) {
   EXPECT_EQ(out, "020");
 }
 
+// Memory the child mapped after its snapshot has no reference copy: the
+// snapshot's side reads as zeros, so every byte the child wrote there is
+// its change, and the parent gets the pages (mapped for it).  Also the case
+// where the snapshot's reads fail and fall back to page by page.
+TEST(Merge, PagesTheChildMappedAfterItsSnapshotMergeAgainstZeros) {
+  std::string out = twice([](std::string& out) {
+    constexpr uint64_t kAt = 0x300000000000ULL;  // unmapped in the master
+    if (dfork(0) == 0) {
+      auto* p = reinterpret_cast<volatile uint8_t*>(kAt);
+      if (dget(0, DET_PERM | DET_PROT_READ | DET_PROT_WRITE, const_cast<uint8_t*>(p), 3 * 4096,
+               nullptr) != 0)
+        _exit(3);
+      p[10] = 7;
+      p[4096 + 20] = 8;
+      ret_forever();
+    }
+    CHECK_EQ(status_of(0).state, DET_S_STOPPED);
+    auto* a = reinterpret_cast<void*>(kAt);
+    CHECK_EQ(dget(0, DET_MERGE, a, 3 * 4096, a), 0L);
+    const auto* p = reinterpret_cast<const volatile uint8_t*>(kAt);
+    size_t nonzero = 0;
+    for (size_t i = 0; i < 3 * 4096; ++i) nonzero += p[i] != 0;
+    out += std::to_string(p[10]) + " " + std::to_string(p[4096 + 20]) + " " + std::to_string(nonzero);
+    CHECK_EQ(dput(0, DET_KILL, nullptr, 0, nullptr), 0L);
+  });
+  EXPECT_EQ(out, "7 8 2");
+}
+
 TEST(Merge, WithoutSnapshotIsInvalid) {
   auto r = in_master([](std::string&) {
     long c = dput(0, 0, nullptr, 0, nullptr);  // created, never snapshotted
