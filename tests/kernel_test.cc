@@ -49,6 +49,47 @@ TEST(Fork, ChildIdInUseIsRefused) {
   EXPECT_TRUE(r.ok()) << r.out;
 }
 
+// The master finishes a dfork's birth at its next call, so a burst of
+// dforks overlaps each birth with the next fork.  Every child of every burst
+// must still run and be joined.  (Every birth must join the spaces' process
+// group, which every wait uses, and a group is gone once all its spaces are
+// reaped: a first version left every other child of such a burst in a group
+// of its own, never waited for.  The actor example hung on it; this test
+// needs the reaping to happen at just the wrong time to show it.)
+TEST(Fork, BurstsOfForksAfterEverySpaceWasReapedAllRunAndAllJoin) {
+  std::string out = twice([](std::string& out) {
+    for (int round = 1; round <= 3; ++round) {
+      for (int c = 0; c < 5; ++c) {
+        if (dfork(c) == 0) {
+          g_words[c] = static_cast<uint64_t>(round * 10 + c);
+          ret_forever();
+        }
+      }
+      for (int c = 0; c < 5; ++c) CHECK_EQ(djoin(c), 0);
+      for (int c = 0; c < 5; ++c) out += std::to_string(g_words[c]) + " ";
+    }
+  });
+  EXPECT_EQ(out, "10 11 12 13 14 20 21 22 23 24 30 31 32 33 34 ");
+}
+
+// A child killed right after its dfork, before its birth was finished: the
+// kill finishes the birth first, so neither it nor its snapshot is left.
+TEST(Fork, AChildKilledRightAfterItsForkLeavesNoProcessBehind) {
+  auto r = in_master([](std::string& out) {
+    if (dfork(0) == 0) ret_forever();
+    if (dfork(1) == 0) ret_forever();  // its birth overlaps nothing: killed next
+    CHECK_EQ(dput(1, DET_KILL, nullptr, 0, nullptr), 0L);
+    CHECK_EQ(status_of(1).state, DET_S_ABSENT);
+    CHECK_EQ(djoin(0), 0);
+    auto alive = [](pid_t, char state) { return state != 'Z' && state != 'X'; };
+    for (int i = 0; i < 2000 && !detux::test::children_of(getpid(), alive).empty(); ++i)
+      usleep(1000);
+    out += std::to_string(detux::test::children_of(getpid(), alive).size());
+  });
+  EXPECT_TRUE(r.ok()) << r.out;
+  EXPECT_EQ(r.out, "0") << "processes left (spaces or snapshots)";
+}
+
 TEST(Merge, ChildrenJoinedInIdOrderEachMergeTheirOwnBytes) {
   std::string out = twice([](std::string& out) {
     for (int i = 0; i < 8; ++i)

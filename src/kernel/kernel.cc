@@ -50,7 +50,21 @@ Status Kernel::set_limits(const det_limits& l) {
   return ok_status();
 }
 
+namespace {
+
+// A Put that makes a child with its snapshot and starts it, and does
+// nothing else to it (dfork): the machine need not finish making it before
+// the call returns (Machine::fork_space).
+bool makes_started_space(const Call& c) {
+  const unsigned long f = c.flags;
+  return c.op == abi::kOpPut && (f & DET_SNAP) && (f & DET_START) &&
+         !(f & (DET_COPY | DET_ZERO | DET_PERM | DET_REGS | DET_MERGE | DET_KILL | DET_STATUS));
+}
+
+}  // namespace
+
 long Kernel::master_call(const Call& c) {
+  if (!makes_started_space(c)) m_.settle_births();
   long r = call(root_, c);
   m_.end_of_call();
   DETUX_ASSERT(r != kBlocked);
@@ -103,7 +117,7 @@ long Kernel::put(Space& caller, const Call& c) {
     // A snapshot of the new child's unchanged memory is taken as it is made
     // (one step cheaper); a Copy, Zero or Perm first means it comes after.
     bool snap_now = (f & DET_SNAP) && !(f & (DET_COPY | DET_ZERO | DET_PERM));
-    auto made = create_child(caller, c.child, snap_now);
+    auto made = create_child(caller, c.child, snap_now, makes_started_space(c));
     if (!made.ok()) return made.err();
     ch = *made;
     if (snap_now) {
@@ -219,10 +233,10 @@ long Kernel::do_get(Space& caller, Space& child, const Call& c) {
 
 // ---- The tree ---------------------------------------------------------------
 
-Result<Space*> Kernel::create_child(Space& caller, det_child_t id, bool snapshot) {
+Result<Space*> Kernel::create_child(Space& caller, det_child_t id, bool snapshot, bool started) {
   if (caller.quota_free < 1) return Err{-DET_ELIMIT};
   long give = isqrt(caller.quota_free - 1);
-  auto proc = m_.fork_space(caller.proc, snapshot);
+  auto proc = m_.fork_space(caller.proc, snapshot, started);
   if (!proc.ok()) return Err{proc.err()};
   auto s = std::make_unique<Space>();
   s->proc = *proc;

@@ -52,7 +52,7 @@ class Kernel {
   Result<std::vector<std::string>> read_strings(Space& s, uint64_t array);
   void exec_arrived(Space& s, const StopEvent& ev);
 
-  Result<Space*> create_child(Space& caller, det_child_t id, bool snapshot);
+  Result<Space*> create_child(Space& caller, det_child_t id, bool snapshot, bool started);
   void kill_child(Space& parent, det_child_t id);
   void forget_subtree(Space& s);
   long wait_stopped(Space& child);

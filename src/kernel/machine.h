@@ -74,7 +74,14 @@ class Machine {
   // master), stopped, with the registers of the parent's current call and
   // DET_CHILD as that call's result.  With `snapshot`, it also has its
   // snapshot already (as if snapshot() had been called at once).
-  virtual Result<Proc*> fork_space(Proc* parent, bool snapshot) = 0;
+  // `started`: the caller's next step is resume(), with nothing done to the
+  // space before it; the machine may then finish making it later, by
+  // settle_births() at the latest (a failed birth is then reported by
+  // next_event() as the space's death).
+  virtual Result<Proc*> fork_space(Proc* parent, bool snapshot, bool started) = 0;
+  // Finish every space fork_space() left unfinished.  Called at the start of
+  // every master call that does not itself make a started space.
+  virtual void settle_births() {}
   // Take a frozen snapshot of `p`'s whole memory (replacing any old one).
   virtual Status snapshot(Proc* p) = 0;
   virtual bool has_snapshot(Proc* p) = 0;

@@ -39,6 +39,12 @@ constexpr uint64_t kTscStep = 1000;
 
 Result<StopEvent> PtraceMachine::next_event(const WaitPolicy& policy) {
   serve();  // SIGCHLD is blocked from here to the end of the master's call
+  settle_births();  // their stops are not the kernel's to see
+  if (!pending_.empty()) {
+    StopEvent ev = pending_.front();
+    pending_.pop_front();
+    return ev;
+  }
   reap_graveyard();
   sigset_t waitset, old;
   sigemptyset(&waitset);

@@ -260,6 +260,8 @@ Result<pid_t> PtraceMachine::fork_traced(void (*birth)(void*), void* plan,
   if (pid < 0) return Err{-errno};
   int st;
   DETUX_TRY(wait_pid(pid, &st));
+  // A birth the master does not wait for runs on any CPU (spawn_from_master).
+  if (*pinned && release_births_) *pinned = sched_setaffinity(pid, sizeof *mine, mine) != 0;
   if (!WIFSTOPPED(st) || WSTOPSIG(st) != SIGSTOP ||
       ptrace(PTRACE_SETOPTIONS, pid, nullptr, options) != 0 ||
       ptrace(PTRACE_CONT, pid, nullptr, nullptr) != 0) {
@@ -294,7 +296,14 @@ class SupervisorHeapStaysHome {
 
 }  // namespace
 
-Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
+// A space made by the master.  The master forks (fork_traced) and the
+// child sets itself up (birth.h) up to its kOpBirth call; finish_birth()
+// takes it from there.  When the caller starts the space at once and does
+// nothing else with it first (`started`: dfork), the master does not wait
+// for the birth: it returns, and finishes it at its next call (the next
+// dfork, after forking that one's child).  Meanwhile the birth (the mapping
+// walk, the snapshot's clone, the filter) runs on another CPU.
+Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot, bool started) {
   DETUX_ASSERT(g_plan.entry != nullptr);
   if (g_fprog.len == 0) {  // the first space: the filter is built and copied once
     auto& f = space_filter();
@@ -309,6 +318,11 @@ Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
   g_plan.vdso = getauxval(AT_SYSINFO_EHDR);
   g_plan.snapshot = snapshot;
   serve();
+  // A birth joins the spaces' process group, which every wait uses.  A space
+  // makes the group when there is none (the first, or every space before it
+  // reaped), and then its birth is waited for, so that the next one is told
+  // the right group.
+  release_births_ = started && pgid_ > 0 && group_has_members();
   cpu_set_t mine;
   bool pinned = false;
   Result<pid_t> born = Err{-ECHILD};
@@ -318,39 +332,99 @@ Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
                        kPtraceOptions, &mine, &pinned);
   }
   if (!born.ok()) return Err{born.err()};
-  const pid_t pid = *born;
+  Proc* p = adopt(*born, master_);
+  p->pinned = pinned;
+  p->pinned_cpu = pinned ? sched_getcpu() : -1;
+  p->affinity = mine;
+  p->stop = StopKind::kRunning;
+  p->birthing = true;
+  p->birth_snapshot = snapshot;
+  p->birth_top = g_entry_top & ~15ULL;
+  p->birth_pgid = g_plan.pgid;
+  if (p->birth_top) {
+    auto dead = stack_below(p->birth_top);
+    if (!dead.ok()) {
+      (void)finish_birth(p);
+      destroy(p);
+      return Err{dead.err()};
+    }
+    p->birth_dead = *dead;
+  }
+  if (release_births_) {
+    settle_births();  // the one before, which ran while this one was forked
+    births_.push_back(p);
+    return p;
+  }
+  if (Status s = finish_birth(p); !s.ok()) {
+    destroy(p);
+    return Err{s.err()};
+  }
+  return p;
+}
+
+// Whether a space other than `except` is still in the spaces' group (alive,
+// or dead and not yet reaped).
+bool PtraceMachine::group_has_members(const Proc* except) const {
+  if (!graveyard_.empty()) return true;
+  for (const auto& [pid, p] : procs_)
+    if (p.get() != except && p->stop != StopKind::kDead) return true;
+  return false;
+}
+
+// Every birth not yet finished, in order.  A birth that failed is reported
+// as the space's death by the next next_event().
+void PtraceMachine::settle_births() {
+  while (!births_.empty()) {
+    Proc* p = births_.front();
+    if (finish_birth(p).ok()) continue;
+    StopEvent gone;
+    gone.proc = p;
+    gone.kind = StopEvent::kGone;
+    gone.signal = SIGKILL;
+    pending_.push_back(gone);
+  }
+}
+
+// The rest of p's birth: the snapshot's clone event (if it takes one), then
+// its kOpBirth call, where the supervisor's dead frames are zeroed
+// (start_clean).  A space already started is resumed.  On failure (its exit
+// code says where) p is dead and so is its snapshot.
+Status PtraceMachine::finish_birth(Proc* p) {
+  p->birthing = false;
+  std::erase(births_, p);
+  const pid_t pid = p->pid;
   pid_t ref = 0;
-  int st;
-  DETUX_TRY(wait_pid(pid, &st));
-  if (snapshot && (is_event(st, PTRACE_EVENT_CLONE) || is_event(st, PTRACE_EVENT_FORK))) {
+  int st = 0;
+  bool ok = wait_pid(pid, &st).ok();
+  if (ok && p->birth_snapshot && (is_event(st, PTRACE_EVENT_CLONE) || is_event(st, PTRACE_EVENT_FORK))) {
     unsigned long msg = 0;
     ptrace(PTRACE_GETEVENTMSG, pid, nullptr, &msg);
     ref = static_cast<pid_t>(msg);
     int rst;
-    bool ok = wait_pid(ref, &rst).ok() && WIFSTOPPED(rst) &&
-              ptrace(PTRACE_CONT, pid, nullptr, nullptr) == 0 && wait_pid(pid, &st).ok();
-    if (!ok) st = 0;
+    ok = wait_pid(ref, &rst).ok() && WIFSTOPPED(rst) &&
+         ptrace(PTRACE_CONT, pid, nullptr, nullptr) == 0 && wait_pid(pid, &st).ok();
   }
-  if (!is_event(st, PTRACE_EVENT_SECCOMP) || (snapshot && ref <= 0)) {
-    // Set-up failed (its exit code says where).
+  if (!ok || !is_event(st, PTRACE_EVENT_SECCOMP) || (p->birth_snapshot && ref <= 0)) {
     kill_and_reap(pid);
     if (ref > 0) kill_and_reap(ref);
+    p->stop = StopKind::kDead;
     return Err{-ECHILD};
   }
-  pgid_ = getpgid(pid);
-  Proc* p = adopt(pid, master_);
+  const pid_t group = getpgid(pid);
+  if (group != p->birth_pgid && p->birth_pgid > 0 && group_has_members(p)) {
+    // Its group had emptied (every space in it reaped) while other spaces
+    // live in another: only reachable after a failed birth.  Refused.
+    kill_and_reap(pid);
+    if (ref > 0) kill_and_reap(ref);
+    p->stop = StopKind::kDead;
+    return Err{-ECHILD};
+  }
+  pgid_ = group;
   if (ref > 0) set_ref(p, ref);
-  p->pinned = pinned;
-  p->pinned_cpu = pinned ? sched_getcpu() : -1;
-  p->affinity = mine;
   p->stop = StopKind::kSyscall;
   p->call_pending = true;  // the kOpBirth call; its result is ignored
-  Status clean = start_clean(p);
-  if (!clean.ok()) {
-    destroy(p);
-    return Err{clean.err()};
-  }
-  return p;
+  DETUX_TRY(start_clean(p));
+  return p->start_at_birth ? resume(p, 0) : ok_status();
 }
 
 // A space made by the master is a copy of the master in the middle of this
@@ -363,10 +437,9 @@ Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot) {
 // zeroes the registers before it jumps back into dput().
 Status PtraceMachine::start_clean(Proc* p) {
   DETUX_TRY(fetch_regs(p));
-  const uint64_t top = g_entry_top & ~15ULL;
+  const uint64_t top = p->birth_top;  // the call's stack pointer at the fork
   if (top == 0) return ok_status();  // not from a library call (machine tests)
-  auto dead = stack_below(top);
-  if (!dead.ok()) return Err{dead.err()};
+  const MemRange* dead = &p->birth_dead;
   // Written, not dropped: an injected madvise costs two more round trips,
   // which measured slower than the dozen copy-on-write copies (lu 128^2).
   static const uint8_t zeros[1 << 16] = {};
@@ -386,8 +459,8 @@ Status PtraceMachine::start_clean(Proc* p) {
   return ok_status();
 }
 
-Result<Proc*> PtraceMachine::fork_space(Proc* parent, bool snapshot) {
-  if (parent->is_master) return spawn_from_master(snapshot);
+Result<Proc*> PtraceMachine::fork_space(Proc* parent, bool snapshot, bool started) {
+  if (parent->is_master) return spawn_from_master(snapshot, started);
   DETUX_ASSERT(parent->stop != StopKind::kRunning);
   DETUX_TRY(fetch_regs(parent));
   user_regs_struct at_call = parent->regs;
@@ -463,6 +536,7 @@ Result<pid_t> PtraceMachine::inject_clone(Proc* p) {
 
 void PtraceMachine::destroy(Proc* p) {
   DETUX_ASSERT(!p->is_master);
+  if (p->birthing) (void)finish_birth(p);
   drop_ref(p);
   if (p->pagemap_fd >= 0) close(p->pagemap_fd);
   if (p->maps_fd >= 0) close(p->maps_fd);
@@ -480,6 +554,7 @@ void PtraceMachine::destroy(Proc* p) {
 // ---- Registers, resuming, injecting ---------------------------------------
 
 Status PtraceMachine::fetch_regs(Proc* p) {
+  DETUX_ASSERT(!p->birthing);
   if (p->regs_dirty || p->regs_valid) return ok_status();
   if (ptrace(PTRACE_GETREGS, p->pid, nullptr, &p->regs) != 0) return Err{-ESRCH};
   p->regs_valid = true;
@@ -488,6 +563,10 @@ Status PtraceMachine::fetch_regs(Proc* p) {
 
 Status PtraceMachine::resume(Proc* p, long result) {
   DETUX_ASSERT(!p->is_master);
+  if (p->birthing) {  // finish_birth() starts it
+    p->start_at_birth = true;
+    return ok_status();
+  }
   if (p->stop == StopKind::kDead || p->stop == StopKind::kExit) return Err{-ESRCH};
   if (p->stop == StopKind::kRunning) return ok_status();
   if (p->call_pending || p->stop == StopKind::kSyscall) {

@@ -25,6 +25,7 @@
 #include <sys/types.h>
 #include <sys/user.h>
 
+#include <deque>
 #include <map>
 #include <string>
 #include <memory>
@@ -65,6 +66,13 @@ struct Proc {
   int pinned_cpu = -1;  // that CPU
   cpu_set_t affinity{}; // its own affinity (its creator's), restored when unpinned
   bool background = false;  // SCHED_IDLE (to_background)
+  // A space the master made whose birth is not finished (finish_birth).
+  bool birthing = false;
+  bool birth_snapshot = false;  // its birth clones its snapshot
+  bool start_at_birth = false;  // resumed while birthing: start it at the end
+  pid_t birth_pgid = 0;         // the group it was told to join
+  uint64_t birth_top = 0;       // the master's call's stack pointer at the fork
+  MemRange birth_dead{};        // the master's dead stack below it then
 };
 
 inline constexpr long kPtraceOptions = PTRACE_O_EXITKILL | PTRACE_O_TRACESECCOMP |
@@ -107,7 +115,8 @@ class PtraceMachine final : public Machine {
 
   Proc* master() override { return &master_; }
   void end_of_call() override;
-  Result<Proc*> fork_space(Proc* parent, bool snapshot) override;
+  Result<Proc*> fork_space(Proc* parent, bool snapshot, bool started) override;
+  void settle_births() override;
   Status snapshot(Proc* p) override;
   bool has_snapshot(Proc* p) override { return p->ref_pid > 0; }
   void destroy(Proc* p) override;
@@ -137,7 +146,9 @@ class PtraceMachine final : public Machine {
  private:
   Result<pid_t> fork_traced(void (*birth)(void*), void* plan, long options,
                             cpu_set_t* mine, bool* pinned);
-  Result<Proc*> spawn_from_master(bool snapshot);
+  Result<Proc*> spawn_from_master(bool snapshot, bool started);
+  Status finish_birth(Proc* p);
+  bool group_has_members(const Proc* except = nullptr) const;
   Status start_clean(Proc* p);
   Result<MemRange> stack_below(uint64_t top);  // memory.cc
   void set_ref(Proc* p, pid_t ref);
@@ -182,6 +193,9 @@ class PtraceMachine final : public Machine {
   std::map<pid_t, Proc*> refs_;  // snapshot pid -> its owner
   pid_t pgid_ = 0;               // the process group all spaces share
   std::vector<pid_t> graveyard_; // killed, not yet reaped
+  std::vector<Proc*> births_;    // made by the master, birth not finished
+  bool release_births_ = false;  // the fork under way: its birth is not waited for
+  std::deque<StopEvent> pending_;  // stops found early, for next_event()
   bool serving_ = false;         // inside a master call that serves spaces
   bool cpuid_off_ = false;       // the master thread faults on cpuid meanwhile
   // Scratch for pagemap entries (memory.cc): 64 KiB, allocated by the
