@@ -331,6 +331,8 @@ Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot, bool started) {
     born = fork_traced([](void* plan) { space_birth(*static_cast<BirthPlan*>(plan)); }, &g_plan,
                        kPtraceOptions, &mine, &pinned);
   }
+  const bool later = release_births_;
+  release_births_ = false;  // exec_space's fork_traced keeps its child pinned
   if (!born.ok()) return Err{born.err()};
   Proc* p = adopt(*born, master_);
   p->pinned = pinned;
@@ -350,7 +352,7 @@ Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot, bool started) {
     }
     p->birth_dead = *dead;
   }
-  if (release_births_) {
+  if (later) {
     settle_births();  // the one before, which ran while this one was forked
     births_.push_back(p);
     return p;
