@@ -398,7 +398,8 @@ Status PtraceMachine::finish_birth(Proc* p) {
   pid_t ref = 0;
   int st = 0;
   bool ok = wait_pid(pid, &st).ok();
-  if (ok && p->birth_snapshot && (is_event(st, PTRACE_EVENT_CLONE) || is_event(st, PTRACE_EVENT_FORK))) {
+  const bool cloned = is_event(st, PTRACE_EVENT_CLONE) || is_event(st, PTRACE_EVENT_FORK);
+  if (ok && p->birth_snapshot && cloned) {
     unsigned long msg = 0;
     ptrace(PTRACE_GETEVENTMSG, pid, nullptr, &msg);
     ref = static_cast<pid_t>(msg);
@@ -406,21 +407,17 @@ Status PtraceMachine::finish_birth(Proc* p) {
     ok = wait_pid(ref, &rst).ok() && WIFSTOPPED(rst) &&
          ptrace(PTRACE_CONT, pid, nullptr, nullptr) == 0 && wait_pid(pid, &st).ok();
   }
-  if (!ok || !is_event(st, PTRACE_EVENT_SECCOMP) || (p->birth_snapshot && ref <= 0)) {
+  auto failed = [&] {
     kill_and_reap(pid);
     if (ref > 0) kill_and_reap(ref);
     p->stop = StopKind::kDead;
     return Err{-ECHILD};
-  }
+  };
+  if (!ok || !is_event(st, PTRACE_EVENT_SECCOMP) || (p->birth_snapshot && ref <= 0)) return failed();
+  // A group that emptied (every space in it reaped) while other spaces live
+  // in another: only reachable after a failed birth.  Refused.
   const pid_t group = getpgid(pid);
-  if (group != p->birth_pgid && p->birth_pgid > 0 && group_has_members(p)) {
-    // Its group had emptied (every space in it reaped) while other spaces
-    // live in another: only reachable after a failed birth.  Refused.
-    kill_and_reap(pid);
-    if (ref > 0) kill_and_reap(ref);
-    p->stop = StopKind::kDead;
-    return Err{-ECHILD};
-  }
+  if (group != p->birth_pgid && p->birth_pgid > 0 && group_has_members(p)) return failed();
   pgid_ = group;
   if (ref > 0) set_ref(p, ref);
   p->stop = StopKind::kSyscall;
@@ -435,8 +432,10 @@ Status PtraceMachine::finish_birth(Proc* p) {
 // supervisor last computed.  None of that may reach the program, or a space
 // reading below its stack pointer would see different bytes on every run.
 // So the dead stack, from its lowest populated page up to the call's stack
-// pointer, is zeroed (about 45 KiB in lu's master), and the space enters through detux_space_entry, which
-// zeroes the registers before it jumps back into dput().
+// pointer, is zeroed (about 45 KiB in lu's master), and the space enters
+// through detux_space_entry, which zeroes the registers before it jumps back
+// into dput().  Both as they were at the fork (birth_top, birth_dead): a
+// birth may be finished during a later call.
 Status PtraceMachine::start_clean(Proc* p) {
   DETUX_TRY(fetch_regs(p));
   const uint64_t top = p->birth_top;  // the call's stack pointer at the fork
