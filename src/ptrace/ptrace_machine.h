@@ -87,6 +87,9 @@ pid_t fork_here(cpu_set_t* mine, bool* pinned);
 
 // The seccomp program every space runs under (confine/filter.h), built once.
 const std::vector<sock_filter>& space_filter();
+// Once, as the master's machine is made: what every birth needs prepared
+// (spawn.cc).
+void prepare_births();
 
 // The function a space made by the master runs when first started: it jumps
 // back into the dput() that created it.  Set once by the library.
