@@ -42,7 +42,6 @@ const std::vector<sock_filter>& space_filter() {
   return f;
 }
 
-
 void prepare_births() {
   prepare_master_mappings();
   g_plan.tid_offset = find_tid_offset();
@@ -57,7 +56,6 @@ void set_supervisor_memory(uint64_t heap, uint64_t heap_len, uint64_t books, uin
   g_plan.books_start = books;
   g_plan.books_len = books_len;
 }
-
 
 // ---- Space creation ---------------------------------------------------------
 
