@@ -177,7 +177,13 @@ void dret(void);
 
 /* Like fork(): creates `child` as a copy-on-write snapshot of the caller,
  * already started.  Returns 0 in the new child and 1 in the caller, or a
- * negative error (-EEXIST if `child` is in use). */
+ * negative error (-EEXIST if `child` is in use).  In the master, the child
+ * finishes setting itself up while the master goes on, and the master
+ * completes that (and so lets the child run) at its next detux call: a
+ * master that forks and then computes for long should make one call first
+ * (dget(child, DET_STATUS | DET_DONT_WAIT, ...)).  If that set-up fails,
+ * which only a broken system makes happen, the child is reported as
+ * faulted by SIGKILL. */
 int dfork(det_child_t child);
 
 /* Wait until `child` stops, merge its changes to the program's shared memory
