@@ -25,8 +25,6 @@ namespace detux {
 
 namespace {
 
-bool is_event(int status, int event) { return (status >> 8) == (SIGTRAP | (event << 8)); }
-
 long now_ms() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -59,8 +59,6 @@ namespace detux {
 
 namespace {
 
-bool is_event(int status, int event) { return (status >> 8) == (SIGTRAP | (event << 8)); }
-
 const std::vector<sock_filter>& load_filter() {
   static const std::vector<sock_filter> f = confine::build_load_filter();
   return f;

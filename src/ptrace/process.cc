@@ -30,7 +30,11 @@ uint64_t gadget_addr() { return reinterpret_cast<uint64_t>(&detux_gadget); }
 
 bool g_background = true;  // set_spaces_in_background
 
-bool is_event(int status, int event) { return (status >> 8) == (SIGTRAP | (event << 8)); }
+// SCHED_IDLE or SCHED_OTHER (priority 0) for a space.  Best effort.
+void set_policy(pid_t pid, int policy) {
+  sched_param none{};
+  sched_setscheduler(pid, policy, &none);
+}
 
 }  // namespace
 
@@ -144,8 +148,7 @@ void PtraceMachine::pin(Proc* p) {
 // background at its first resume like any space.  Best effort: a space left
 // SCHED_OTHER is only slower.
 void PtraceMachine::to_background(Proc* p) {
-  sched_param none{};
-  sched_setscheduler(p->pid, SCHED_IDLE, &none);
+  set_policy(p->pid, SCHED_IDLE);
   p->background = true;
 }
 
@@ -156,13 +159,11 @@ void PtraceMachine::to_background(Proc* p) {
 // space runs at normal priority: qsort 1M at N = 2, whose inner spaces fork
 // their leaves this way, 0.060-0.063 -> 0.055-0.061 s (4 alternating pairs).
 PtraceMachine::InForeground::InForeground(Proc* p) : p_(p->background ? p : nullptr) {
-  sched_param none{};
-  if (p_) sched_setscheduler(p_->pid, SCHED_OTHER, &none);
+  if (p_) set_policy(p_->pid, SCHED_OTHER);
 }
 
 PtraceMachine::InForeground::~InForeground() {
-  sched_param none{};
-  if (p_) sched_setscheduler(p_->pid, SCHED_IDLE, &none);
+  if (p_) set_policy(p_->pid, SCHED_IDLE);
 }
 
 void PtraceMachine::unpin(Proc* p) {
@@ -294,10 +295,7 @@ void PtraceMachine::destroy(Proc* p) {
   // Dying is not the program's work: a space torn down at SCHED_IDLE holds
   // its pages busy while the master runs, and the master's next huge-page
   // collapse fails on them (heap.cc).
-  if (p->background && p->stop != StopKind::kDead) {
-    sched_param none{};
-    sched_setscheduler(p->pid, SCHED_OTHER, &none);
-  }
+  if (p->background && p->stop != StopKind::kDead) set_policy(p->pid, SCHED_OTHER);
   if (p->stop != StopKind::kDead) kill_later(p->pid, p->stop);
   procs_.erase(p->pid);
 }

@@ -82,8 +82,11 @@ inline constexpr long kPtraceOptions = PTRACE_O_EXITKILL | PTRACE_O_TRACESECCOMP
 // `syscall; int3`: what inject() runs a call through.
 inline constexpr uint8_t kGadget[3] = {0x0f, 0x05, 0xcc};
 
-// fork() with the child on the caller's CPU only (process.cc).
+// fork() with the child on the caller's CPU only (spawn.cc).
 pid_t fork_here(cpu_set_t* mine, bool* pinned);
+
+// Whether a wait status is the ptrace event stop PTRACE_EVENT_<event>.
+inline bool is_event(int status, int event) { return (status >> 8) == (SIGTRAP | (event << 8)); }
 
 // The seccomp program every space runs under (confine/filter.h), built once.
 const std::vector<sock_filter>& space_filter();

@@ -33,8 +33,6 @@ sock_filter g_filter[BPF_MAXINSNS];
 BirthPlan g_plan;
 uint64_t g_entry_top = 0;  // set_entry_stack_top
 
-bool is_event(int status, int event) { return (status >> 8) == (SIGTRAP | (event << 8)); }
-
 }  // namespace
 
 const std::vector<sock_filter>& space_filter() {
