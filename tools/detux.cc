@@ -11,6 +11,9 @@
 // would see).  The tool traces PROGRAM only until its first instruction, to
 // write AT_RANDOM, then detaches: PROGRAM itself becomes the master of its
 // spaces.  --trace makes the supervisor log every call and stop to stderr.
+// Where this machine cannot trap rdtsc or cpuid (confine/cpuid.h), the tool
+// says so on stderr before it starts PROGRAM: spaces that execute them read
+// the host, and their output is then only as deterministic as their code.
 #include <CLI/CLI.hpp>
 #include <elf.h>
 #include <errno.h>
@@ -28,6 +31,7 @@
 #include <filesystem>
 #include <vector>
 
+#include "confine/cpuid.h"
 #include "fs_cmd.h"
 #include "util/fixed.h"
 
@@ -63,7 +67,19 @@ bool fix_at_random(pid_t pid) {
   return false;
 }
 
+void warn_of_holes() {
+  const bool tsc = detux::confine::tsc_faulting_honoured();
+  const bool cpuid = detux::confine::cpuid_faulting_supported();
+  if (tsc && cpuid) return;
+  std::string what = !tsc && !cpuid ? "rdtsc, rdtscp or cpuid" : !tsc ? "rdtsc or rdtscp" : "cpuid";
+  std::fprintf(stderr,
+               "detux: warning: this machine cannot trap %s; spaces that execute them read the "
+               "host (see the README's confinement holes)\n",
+               what.c_str());
+}
+
 int run(const std::vector<std::string>& cmd, bool trace, const std::vector<std::string>& extra) {
+  warn_of_holes();
   std::vector<std::string> env = fixed_env(trace, extra);
   std::vector<char*> argv, envp;
   for (const auto& a : cmd) argv.push_back(const_cast<char*>(a.c_str()));

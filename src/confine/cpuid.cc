@@ -1,6 +1,15 @@
-// cpuid.cc: the fixed CPUID table and the trapped-instruction decoder (see
-// cpuid.h).  Every value below is a constant; nothing is read from the host.
+// cpuid.cc: the fixed CPUID table, the trapped-instruction decoder and the
+// probe for CPUID faulting (see cpuid.h).  Every value in the table is a
+// constant; nothing in it is read from the host.
 #include "confine/cpuid.h"
+
+#include <asm/prctl.h>
+#include <errno.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 namespace detux::confine {
 namespace {
@@ -143,6 +152,37 @@ TrapInsn decode_trap_insn(const uint8_t* bytes, size_t n, size_t* insn_len) {
   }
   if (insn_len != nullptr) *insn_len = len;
   return insn;
+}
+
+bool cpuid_faulting_supported() {
+  static const bool supported = [] {
+    if (syscall(SYS_arch_prctl, ARCH_GET_CPUID, 0) == 0) return true;  // faulting already
+    if (syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) != 0) return false;
+    syscall(SYS_arch_prctl, ARCH_SET_CPUID, 1);
+    return true;
+  }();
+  return supported;
+}
+
+bool tsc_faulting_honoured() {
+  static const bool honoured = [] {
+    pid_t pid = fork();
+    if (pid < 0) return false;
+    if (pid == 0) {
+      signal(SIGSEGV, SIG_DFL);
+      prctl(PR_SET_DUMPABLE, 0);  // no core file
+      prctl(PR_SET_TSC, PR_TSC_SIGSEGV);
+      uint32_t lo, hi;
+      asm volatile("rdtsc" : "=a"(lo), "=d"(hi));
+      _exit(0);
+    }
+    int st = 0;
+    pid_t got;
+    while ((got = waitpid(pid, &st, 0)) < 0 && errno == EINTR) {
+    }
+    return got == pid && WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV;
+  }();
+  return honoured;
 }
 
 }  // namespace detux::confine

@@ -34,6 +34,15 @@
 //
 // The answers are a pure function of (leaf, subleaf): they never depend on
 // the host, so the same binary sees the same CPU on every run and machine.
+//
+// Both traps need the machine's help, and not every machine gives it.
+// Without CPUID faulting (some AMD parts and hypervisors) cpuid cannot be
+// trapped from user space, and spaces run it natively: they see the host's
+// real answers, including the APIC id of the core they run on.  And some
+// hypervisors (seen: a PVM guest, whose kernel runs outside ring 0) accept
+// PR_SET_TSC but never set CR4.TSD, so rdtsc and rdtscp read the real
+// clock.  Each is then a hole in confinement like RDRAND's.  The two probes
+// below are how the supervisor, `detux run` and the tests know.
 #pragma once
 
 #include <cstddef>
@@ -48,6 +57,14 @@ struct CpuidRegs {
 // What CPUID answers in a space for EAX = leaf, ECX = subleaf.  The subleaf
 // matters only for leaves 4 and 7 and is ignored elsewhere, as on hardware.
 CpuidRegs cpuid_answer(uint32_t leaf, uint32_t subleaf);
+
+// Whether this machine can make cpuid fault (ARCH_SET_CPUID).  Probed once,
+// on the calling thread, which it leaves as it found it.
+bool cpuid_faulting_supported();
+
+// Whether rdtsc really faults after prctl(PR_SET_TSC, PR_TSC_SIGSEGV) here.
+// Probed once, in a forked child that executes rdtsc (about a millisecond).
+bool tsc_faulting_honoured();
 
 // The instructions the supervisor emulates when a space traps on them.
 enum class TrapInsn { None, Rdtsc, Rdtscp, Cpuid };

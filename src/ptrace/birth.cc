@@ -19,6 +19,7 @@
 #include <cstring>
 
 #include "abi.h"
+#include "confine/cpuid.h"
 #include "ptrace/vma.h"
 
 namespace detux {
@@ -266,7 +267,7 @@ void space_birth(BirthPlan& plan) {
   sanitize_mappings(plan.vdso);
   syscall(SYS_close_range, 0, ~0U, 0);
   if (prctl(PR_SET_TSC, PR_TSC_SIGSEGV) != 0) die(123);
-  if (syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) != 0) die(123);
+  if (plan.cpuid_faults && syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) != 0) die(123);
   install_sigsys(plan.sigsys);
   forget_rseq();
   g_in_space = 1;
@@ -316,7 +317,8 @@ long exec_birth(void (*sigsys)(int, siginfo_t*, void*), void* carry, size_t cap)
   sanitize_mappings(0);  // the supervisor took the vDSO away already
   syscall(SYS_close_range, 0, ~0U, 0);
   if (prctl(PR_SET_TSC, PR_TSC_SIGSEGV) != 0) die(123);
-  if (syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) != 0) die(123);
+  if (confine::cpuid_faulting_supported() && syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) != 0)
+    die(123);
   install_sigsys(sigsys);
   g_in_space = 1;
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die(124);

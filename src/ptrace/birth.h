@@ -32,6 +32,7 @@ struct BirthPlan {
   pid_t pgid = 0;                 // the spaces' process group, or 0
   uint64_t vdso = 0;              // getauxval(AT_SYSINFO_EHDR), or 0
   bool snapshot = false;          // also fork the frozen reference
+  bool cpuid_faults = false;      // this CPU can make cpuid fault
   void (*entry)() = nullptr;      // [[noreturn]]: back into dput()
   // The runtime's SIGSYS handler, which emulates the calls the filter traps
   // (console I/O), or null.

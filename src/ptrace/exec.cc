@@ -48,6 +48,7 @@
 #include <sstream>
 
 #include "abi.h"
+#include "confine/cpuid.h"
 #include "confine/filter.h"
 #include "ptrace/birth.h"
 #include "ptrace/ptrace_machine.h"
@@ -233,9 +234,11 @@ Status PtraceMachine::prepare_image(Proc* p) {
     auto m = inject(p, SYS_munmap, args, nullptr, entry);
     if (!m.ok() || *m != 0) r = -EPERM;
   }
-  const long cpuid_args[6] = {ARCH_SET_CPUID, 0, 0, 0, 0, 0};
-  auto c = inject(p, SYS_arch_prctl, cpuid_args, nullptr, entry);
-  if (!c.ok() || *c != 0) r = -EPERM;
+  if (confine::cpuid_faulting_supported()) {
+    const long cpuid_args[6] = {ARCH_SET_CPUID, 0, 0, 0, 0, 0};
+    auto c = inject(p, SYS_arch_prctl, cpuid_args, nullptr, entry);
+    if (!c.ok() || *c != 0) r = -EPERM;
+  }
   if (!poke(p->pid, entry, saved, sizeof saved)) return Err{-EFAULT};
   return r == 0 ? ok_status() : Status(Err{r});
 }

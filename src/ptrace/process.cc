@@ -17,6 +17,7 @@
 #include <cstring>
 
 #include "abi.h"
+#include "confine/cpuid.h"
 #include "ptrace/birth.h"
 #include "ptrace/ptrace_machine.h"
 
@@ -57,7 +58,8 @@ void PtraceMachine::serve() {
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);
   pthread_sigmask(SIG_BLOCK, &chld, &saved_mask_);
-  cpuid_off_ = syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) == 0;
+  cpuid_off_ =
+      confine::cpuid_faulting_supported() && syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0) == 0;
   serving_ = true;
 }
 

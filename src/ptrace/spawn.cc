@@ -18,6 +18,7 @@
 
 #include <algorithm>
 
+#include "confine/cpuid.h"
 #include "confine/filter.h"
 #include "ptrace/birth.h"
 #include "ptrace/ptrace_machine.h"
@@ -138,6 +139,7 @@ Result<Proc*> PtraceMachine::spawn_from_master(bool snapshot, bool started) {
   g_plan.pgid = pgid_;
   g_plan.vdso = getauxval(AT_SYSINFO_EHDR);
   g_plan.snapshot = snapshot;
+  g_plan.cpuid_faults = confine::cpuid_faulting_supported();
   serve();
   // A birth joins the spaces' process group, which every wait uses.  A space
   // makes the group when there is none (the first, or every space before it
