@@ -219,6 +219,7 @@ void BM_ReadProcMaps(benchmark::State& state);
 // kernel_bench_memory.cc
 void BM_DforkDjoin(benchmark::State& state, bool pinned);
 void BM_PthreadCreateJoin(benchmark::State& state, bool pinned);
+void BM_ForkWaitpid(benchmark::State& state, bool pinned);
 void BM_DforkPhases(benchmark::State& state);
 void BM_NestedDforkDjoin(benchmark::State& state);
 void BM_Merge64M(benchmark::State& state);

@@ -108,6 +108,33 @@ void BM_PthreadCreateJoin(benchmark::State& state, bool pinned) {
   record(std::string("pthread_") + placement_name(pinned), us);
 }
 
+// The operating system's own floor for a space made of a process: a plain
+// fork whose child writes the same page and exits, and a waitpid.  A space
+// costs this twice over (the space and its snapshot) plus the supervisor's
+// work; the ratio to it says how much of dfork + djoin is the machine.
+void BM_ForkWaitpid(benchmark::State& state, bool pinned) {
+  Placement place(pinned);
+  touch_mb();
+  double t0 = now_s();
+  for (auto _ : state) {
+    g_val = static_cast<uint8_t>(g_val + 1);
+    pid_t c = fork();
+    if (c == 0) {
+      uint8_t v = g_val;
+      for (size_t i = 0; i < kPage; ++i) g_tpage[i] = v;
+      _exit(g_tpage[kPage - 1] == v ? 0 : 1);
+    }
+    int ws = 0;
+    if (c < 0 || waitpid(c, &ws, 0) != c || !WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
+      state.SkipWithError("fork/waitpid");
+      break;
+    }
+  }
+  double us = (now_s() - t0) / static_cast<double>(state.iterations()) * 1e6;
+  state.counters["us_per_fork_wait"] = us;
+  record(std::string("fork_") + placement_name(pinned), us);
+}
+
 // Where the time of dfork + djoin goes: create (Put/Fork: fork + the new
 // space's confinement), snapshot (Put/Snap: one injected clone), start + run
 // + Ret + status, then either djoin (status, merge of the program's data,
