@@ -185,6 +185,10 @@ void print_summary() {
                     "pthread_create+join", pt, "ratio <= 2", check_le(ratio, 2)});
     rows.push_back({"3", "  same, against a plain fork [" + p + "]", dj, "us",
                     "fork+_exit+waitpid", fig("fork_" + p), "(info)", -1});
+    rows.push_back({"3", "  minor faults per dfork+djoin: master", fig("faults_master_" + p), "",
+                    "", NAN, "(info)", -1});
+    rows.push_back({"3", "  minor faults per dfork+djoin: space + snapshot", fig("faults_spaces_" + p),
+                    "", "", NAN, "(info)", -1});
   }
   rows.push_back({"3", "  phase: Put/Fork (create)", fig("phase_create"), "us", "", NAN, "", -1});
   rows.push_back({"3", "  phase: Put/Snap", fig("phase_snap"), "us", "", NAN, "", -1});

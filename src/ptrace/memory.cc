@@ -96,11 +96,17 @@ std::vector<Piece> runs_of(std::span<const uint64_t> pages) {
 }
 
 // Moves the pieces between `pid` and local memory at local(piece).
+// The iovecs live on the supervisor's heap, not the stack: every page of
+// the master's stack a call touches after a fork is a copy-on-write fault
+// (the new space shares it), and two stack arrays of IOV_MAX (32 KiB)
+// pushed the merge's deepest frames eight pages further down.
 template <typename Local>
 Status move_pieces(pid_t pid, bool to_remote, const std::vector<Piece>& pieces, Local&& local) {
+  std::vector<iovec> io(2 * std::min<size_t>(IOV_MAX, pieces.size()));
   for (size_t i = 0; i < pieces.size(); i += IOV_MAX) {
     size_t n = std::min<size_t>(IOV_MAX, pieces.size() - i);
-    iovec remote[IOV_MAX], here[IOV_MAX];
+    iovec* remote = io.data();
+    iovec* here = io.data() + n;
     size_t want = 0;
     for (size_t k = 0; k < n; ++k) {
       const Piece& pc = pieces[i + k];
@@ -168,14 +174,15 @@ int open_pagemap(Proc* p) { return cached_proc(p->pid, "pagemap", &p->pagemap_fd
 // Populated ranges of [start, end), each marked kPageIsHuge where it is
 // mapped by whole 2 MiB entries; false if the kernel lacks PAGEMAP_SCAN.
 bool populated_ranges(int fd, uint64_t start, uint64_t end, std::vector<PageRegion>* out) {
-  PageRegion regions[256];
+  constexpr size_t kBatch = 256;
+  std::vector<PageRegion> regions(kBatch);  // not 6 KiB of stack: see move_pieces
   while (start < end) {
-    PmScanArg arg = pm_scan_arg(start, end, regions, 256);
+    PmScanArg arg = pm_scan_arg(start, end, regions.data(), kBatch);
     arg.category_anyof_mask = kPageIsPresent | kPageIsSwapped;
     arg.return_mask = kPageIsPresent | kPageIsSwapped | kPageIsHuge;
     long n = ioctl(fd, kPagemapScan, &arg);
     if (n < 0) return false;
-    out->insert(out->end(), regions, regions + n);
+    out->insert(out->end(), regions.begin(), regions.begin() + n);
     if (arg.walk_end <= start) break;
     start = arg.walk_end;
   }

@@ -210,6 +210,17 @@ long merge_shared(det_child_t child, bool* heap_merged) {
   return 0;
 }
 
+// The child's heap state back into this space's (9 KiB read into a frame of
+// its own, after the merge: on join_child's frame it pushed the merge's
+// deepest calls three pages further down the stack, and every page of the
+// master's stack touched after a fork is a copy-on-write fault).
+__attribute__((noinline)) void join_heap(det_child_t child, bool heap_merged, Extent given) {
+  HeapState ch;
+  if (!heap_merged) heap_give_back(given);
+  else if (dget(child, DET_COPY, &ch, sizeof ch, &heap_state()) == 0) heap_join(ch, given);
+  // else: the child's heap state is unreadable; its extent stays used (not reused)
+}
+
 int join_child(det_child_t child, bool merge_memory, det_status* out) {
   det_status st{};
   RtState crt;
@@ -236,10 +247,7 @@ int join_child(det_child_t child, bool merge_memory, det_status* out) {
     given = rec->extent;
     drop_rec(rec);
   }
-  HeapState ch;
-  if (!heap_merged) heap_give_back(given);
-  else if (dget(child, DET_COPY, &ch, sizeof ch, &heap_state()) == 0) heap_join(ch, given);
-  // else: the child's heap state is unreadable; its extent stays used (not reused)
+  join_heap(child, heap_merged, given);
   if (out) *out = st;
   long k = dput(child, DET_KILL, nullptr, 0, nullptr);
   if (r == 0 && k < 0) r = k;
