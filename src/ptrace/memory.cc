@@ -99,7 +99,7 @@ std::vector<Piece> runs_of(std::span<const uint64_t> pages) {
 // The iovecs live on the supervisor's heap, not the stack: every page of
 // the master's stack a call touches after a fork is a copy-on-write fault
 // (the new space shares it), and two stack arrays of IOV_MAX (32 KiB)
-// pushed the merge's deepest frames eight pages further down.
+// put the merge's system calls 32 KiB further down.
 template <typename Local>
 Status move_pieces(pid_t pid, bool to_remote, const std::vector<Piece>& pieces, Local&& local) {
   std::vector<iovec> io(2 * std::min<size_t>(IOV_MAX, pieces.size()));

@@ -211,9 +211,9 @@ long merge_shared(det_child_t child, bool* heap_merged) {
 }
 
 // The child's heap state back into this space's (9 KiB read into a frame of
-// its own, after the merge: on join_child's frame it pushed the merge's
-// deepest calls three pages further down the stack, and every page of the
-// master's stack touched after a fork is a copy-on-write fault).
+// its own, after the merge: on join_child's frame it put every call of the
+// merge 9 KiB further down the stack, and every page of the master's stack
+// touched after a fork is a copy-on-write fault).
 __attribute__((noinline)) void join_heap(det_child_t child, bool heap_merged, Extent given) {
   HeapState ch;
   if (!heap_merged) heap_give_back(given);
