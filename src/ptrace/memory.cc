@@ -358,11 +358,31 @@ bool PtraceMachine::in_place(Proc* p, std::span<const uint64_t> pages) {
 #endif
 }
 
+namespace {
+
+// The master's pages about to be stored into are usually still shared with
+// the space's snapshot, and a store into each, even the kernel's own from
+// process_vm_readv, traps for its copy: 18-22 us a page on a PVM guest.
+// One MADV_POPULATE_WRITE per run makes the copies without a trap each
+// (5.5 us a page, and about 5 us more at the store).  A whole-page join of
+// 512 pages: 11.5 -> 8.8 ms.  Only for private anonymous memory (in_place):
+// populating a shared or file mapping would dirty it.  Best effort: where it
+// fails, the stores fault as before.
+void own_copies(const std::vector<Piece>& pieces) {
+  constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE, Linux 5.14
+  for (const Piece& pc : pieces)
+    madvise(reinterpret_cast<void*>(pc.addr), pc.count * kPage, kPopulateWrite);
+}
+
+}  // namespace
+
 Status PtraceMachine::copy_pages(Proc* from, Proc* to, std::span<const uint64_t> pages) {
   std::vector<Piece> pieces = runs_of(pages);
-  if (to->is_master)  // straight into place: one copy, no buffer
+  if (to->is_master) {  // straight into place: one copy, no buffer
+    if (in_place(to, pages)) own_copies(pieces);
     return move_pieces(from->pid, false, pieces,
                        [](const Piece& pc) { return reinterpret_cast<void*>(pc.addr); });
+  }
   constexpr size_t kBatch = 256;  // pages through the buffer at a time
   PageBuffer buf = page_buffer(std::min(pages.size(), kBatch) * kPage);
   for (size_t i = 0; i < pages.size(); i += kBatch) {
