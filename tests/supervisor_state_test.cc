@@ -96,6 +96,9 @@ __attribute__((noinline, no_sanitize("address"))) uint64_t hash_range(uint64_t a
 }
 
 volatile uint64_t g_state_hash[3];
+// The supervisor's heap starts at 0x500000000000, and its bookkeeping lies
+// in the pages just below (rt/heap.cc): 64 KiB below covers it.
+constexpr uint64_t kSysBooks = 0x500000000000ULL - 0x10000;
 
 // The writable segments of libdetux (the supervisor's globals among them),
 // found in the master: dl_iterate_phdr would touch the vDSO, which a space
@@ -153,7 +156,7 @@ TEST(SupervisorState, ASpaceReadingTheSupervisorsHeapGlobalsAndThreadDescriptorS
     // Round 0 warms up: the first detux call changes the master itself (the
     // runtime's lazily bound wrappers), so only later rounds are compared.
     for (int round = 0; round < 3; ++round) {
-      parts[0] = readable_parts(0x500000000000ULL, 0x500000100000ULL);  // the supervisor's heap
+      parts[0] = readable_parts(kSysBooks, 0x500000100000ULL);  // the supervisor's heap, its books
       // glibc's thread descriptor and the static TLS below it (in the
       // sanitizer build only 4 KiB: AddressSanitizer's own per-thread state
       // lies further down and moves with its timing).
@@ -174,10 +177,11 @@ TEST(SupervisorState, ASpaceReadingTheSupervisorsHeapGlobalsAndThreadDescriptorS
   note(out);
 }
 
-// A space gets the supervisor's heap as zeros without copying it: the master
-// marks it MADV_WIPEONFORK for the span of that one fork.  Any other fork of
-// the master, the program's own, must still copy it, or a forked copy that
-// frees or reads what the supervisor allocated would find zeros.
+// A space gets the supervisor's heap and its books as zeros without copying
+// them: the master marks them MADV_WIPEONFORK for the span of that one fork.
+// Any other fork of the master, the program's own, must still copy them, or
+// a forked copy that frees or reads what the supervisor allocated would find
+// zeros.
 alignas(4096) const uint8_t g_zero_page[1 << 20] = {};
 
 TEST(SupervisorState, TheProgramsOwnForkOfTheMasterStillCopiesTheSupervisorsHeap) {
@@ -185,7 +189,7 @@ TEST(SupervisorState, TheProgramsOwnForkOfTheMasterStillCopiesTheSupervisorsHeap
   detux::test::Run r = detux::test::in_master([](std::string& out) {
     if (dfork(0) == 0) ret_forever();
     CHECK_EQ(djoin(0), 0);
-    const std::vector<Segment> heap = readable_parts(0x500000000000ULL, 0x500000100000ULL);
+    const std::vector<Segment> heap = readable_parts(kSysBooks, 0x500000100000ULL);
     CHECK(!heap.empty());
     uint64_t zeros = 0;  // the hash of the same parts all zero: the copy must differ from it
     const auto zero_page = reinterpret_cast<uint64_t>(g_zero_page);

@@ -99,8 +99,8 @@ long ensure_master() {
   g_master = new Master;
   g_master->tid = static_cast<pid_t>(syscall(SYS_gettid));
   detux::set_child_entry(child_entry);
-  detux::rt::Extent sys = detux::rt::system_heap_span(), books = detux::rt::system_heap_state();
-  detux::set_supervisor_memory(sys.lo, sys.size(), books.lo, books.size());
+  detux::rt::Extent sys = detux::rt::system_heap_span();
+  detux::set_supervisor_memory(sys.lo, sys.size());
   detux::set_sigsys_handler(detux::rt::on_sigsys);
   const char* sched = getenv("DETUX_SPACE_SCHED");  // "normal": spaces not SCHED_IDLE
   detux::set_spaces_in_background(!(sched && strcmp(sched, "normal") == 0));

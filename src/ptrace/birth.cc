@@ -215,7 +215,6 @@ void forget_the_supervisor(BirthPlan& plan) {
   // madvise have failed.  MADV_DONTNEED covers the mapped parts and says
   // ENOMEM for the holes.
   if (plan.hidden_len) madvise(reinterpret_cast<void*>(plan.hidden_start), plan.hidden_len, MADV_DONTNEED);
-  if (plan.books_len) std::memset(reinterpret_cast<void*>(plan.books_start), 0, plan.books_len);
   if (plan.tid_offset >= 0) {
     char* tp;
     asm("mov %%fs:0, %0" : "=r"(tp));

@@ -37,11 +37,9 @@ struct BirthPlan {
   // The runtime's SIGSYS handler, which emulates the calls the filter traps
   // (console I/O), or null.
   void (*sigsys)(int, siginfo_t*, void*) = nullptr;
-  // The supervisor's own memory, which the space reads as zeros: its heap
-  // (not copied by the fork, dropped if it was) and that heap's bookkeeping
-  // in libdetux's data (zeroed).
+  // The supervisor's own memory (its heap and that heap's bookkeeping),
+  // which the space reads as zeros: not copied by the fork, dropped if it was.
   uint64_t hidden_start = 0, hidden_len = 0;
-  uint64_t books_start = 0, books_len = 0;
   // Where glibc keeps the thread's id in its descriptor (fs:0 + tid_offset),
   // or -1 if the master could not tell (find_tid_offset).
   long tid_offset = -1;

@@ -101,10 +101,10 @@ void set_child_entry(void (*entry)());
 // below it is the supervisor's, and a space the master makes during the call
 // gets it zeroed (PtraceMachine::start_clean).  Set by the library.
 void set_entry_stack_top(uint64_t sp);
-// The supervisor's own memory, which no space needs: its heap (dropped) and
-// that heap's bookkeeping (zeroed).  Every space made by the master reads
-// zeros in both (birth.h).  Set by the library.
-void set_supervisor_memory(uint64_t heap, uint64_t heap_len, uint64_t books, uint64_t books_len);
+// The supervisor's own memory, which no space needs: its heap and that
+// heap's bookkeeping.  Every space made by the master reads zeros there
+// (birth.h).  Set by the library.
+void set_supervisor_memory(uint64_t start, uint64_t len);
 // The handler every space runs for the calls the filter traps (birth.h).
 void set_sigsys_handler(void (*handler)(int, siginfo_t*, void*));
 // Whether spaces run behind the master in the scheduler (SCHED_IDLE from

@@ -49,11 +49,9 @@ void prepare_births() {
 void set_child_entry(void (*entry)()) { g_plan.entry = entry; }
 void set_sigsys_handler(void (*handler)(int, siginfo_t*, void*)) { g_plan.sigsys = handler; }
 void set_entry_stack_top(uint64_t sp) { g_entry_top = sp; }
-void set_supervisor_memory(uint64_t heap, uint64_t heap_len, uint64_t books, uint64_t books_len) {
-  g_plan.hidden_start = heap;
-  g_plan.hidden_len = heap_len;
-  g_plan.books_start = books;
-  g_plan.books_len = books_len;
+void set_supervisor_memory(uint64_t start, uint64_t len) {
+  g_plan.hidden_start = start;
+  g_plan.hidden_len = len;
 }
 
 // ---- Space creation ---------------------------------------------------------

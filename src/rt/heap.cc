@@ -19,6 +19,7 @@
 #include <bit>
 #include <cstdio>
 #include <cstdlib>
+#include <new>
 
 #include "ptrace/birth.h"
 #include "rt/fault.h"
@@ -28,7 +29,7 @@ namespace detux::rt {
 namespace {
 
 HeapState g_prog;           // the program's heap: merged at joins
-HeapState g_sys;            // the supervisor's: never merged
+HeapState* g_sys = nullptr;  // the supervisor's, never merged: at kSysBooks once made
 HeapState* gp = &g_prog;    // the one the current operation works on
 thread_local int t_sys = 0;  // >0 while the supervisor runs (SystemHeap)
 std::atomic<bool> g_busy{false};
@@ -45,11 +46,34 @@ struct Lock {
 
 constexpr uint64_t kSysBase = 0x500000000000ULL, kSysMaxSize = 1ULL << 40;  // 80 TiB
 
-HeapState& for_alloc() { return t_sys ? g_sys : g_prog; }
-HeapState& for_block(const void* p) {
-  uint64_t a = reinterpret_cast<uint64_t>(p);
-  return a >= kSysBase && a < kSysBase + kSysMaxSize ? g_sys : g_prog;
+// The supervisor heap's bookkeeping has pages of its own just below its
+// region, so the two are one span that a fork of a space wipes (spawn.cc's
+// MADV_WIPEONFORK).  In libdetux's data, the space had to zero its copy at
+// birth (three copy-on-write faults) and the master's next allocation
+// copied the page it shared with the space.
+constexpr uint64_t kBooksLen = (sizeof(HeapState) + 4095) & ~uint64_t{4095};
+constexpr uint64_t kSysBooks = kSysBase - kBooksLen;
+
+// Made on first use, which is in the master (a space never runs the
+// supervisor, and a block of its heap is only ever found after it is made).
+HeapState& sys_books() {
+  if (g_sys) return *g_sys;
+  void* p = mmap(reinterpret_cast<void*>(kSysBooks), kBooksLen, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (p == MAP_FAILED) {
+    std::fprintf(stderr, "detux: cannot map the supervisor heap's bookkeeping\n");
+    std::abort();
+  }
+  g_sys = new (p) HeapState;
+  return *g_sys;
 }
+
+bool in_sys_heap(const void* p) {
+  uint64_t a = reinterpret_cast<uint64_t>(p);
+  return a >= kSysBase && a < kSysBase + kSysMaxSize;
+}
+HeapState& for_alloc() { return t_sys ? sys_books() : g_prog; }
+HeapState& for_block(const void* p) { return in_sys_heap(p) ? sys_books() : g_prog; }
 
 constexpr uint64_t kPage = 4096, kHdr = 16;
 constexpr uint64_t kMinChild = 64ULL << 20;
@@ -79,7 +103,7 @@ int class_of(uint64_t total) {
 
 void reserve() {
   if (gp->ready) return;
-  bool sys = gp == &g_sys;
+  bool sys = gp == g_sys;
   uint64_t base = sys ? kSysBase : kHeapBase;
   for (uint64_t size = sys ? kSysMaxSize : kHeapMaxSize; size >= (1ULL << 30); size >>= 1) {
     void* p = mmap(reinterpret_cast<void*>(base), size, PROT_READ | PROT_WRITE,
@@ -366,11 +390,7 @@ void heap_rejoin_huge_pages() {
 
 HeapState& heap_state() { return g_prog; }
 Extent heap_region() { return g_prog.region; }
-Extent system_heap_span() { return {kSysBase, kSysBase + kSysMaxSize}; }
-Extent system_heap_state() {
-  auto at = reinterpret_cast<uint64_t>(&g_sys);
-  return {at, at + sizeof g_sys};
-}
+Extent system_heap_span() { return {kSysBooks, kSysBase + kSysMaxSize}; }
 
 void* heap_alloc(size_t n) {
   Lock l(for_alloc());
@@ -382,7 +402,7 @@ void* heap_alloc(size_t n) {
 // zeros and belongs to nobody there.  Freeing it does nothing; growing it
 // gives a fresh block of the program's heap, zeroed like the old contents.
 namespace {
-bool inherited_supervisor_block(const void* p) { return g_in_space && &for_block(p) == &g_sys; }
+bool inherited_supervisor_block(const void* p) { return g_in_space && in_sys_heap(p); }
 }  // namespace
 
 void heap_free(void* p) {

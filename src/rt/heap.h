@@ -83,10 +83,9 @@ struct SystemHeap {
 
 HeapState& heap_state();
 Extent heap_region();
-// Where the supervisor's heap lives (reserved or not), and its bookkeeping
-// in libdetux's data: no space needs either (ptrace/birth.h drops them).
+// Where the supervisor's heap and its bookkeeping live (made or not): no
+// space needs either (ptrace/birth.h drops them).
 Extent system_heap_span();
-Extent system_heap_state();
 
 void* heap_alloc(size_t n);
 void* heap_alloc_aligned(size_t align, size_t n);
