@@ -394,6 +394,28 @@ TEST(FsReconcile, GrandchildJoinedIntoChildThenChildIntoParent) {
   EXPECT_EQ(read_file(f.parent, "/g"), "from the grandchild");
 }
 
+// The usual child changes nothing in the file system.  Its join must not
+// write the parent's superblock (in the master that page is shared with the
+// newest space, so a write costs a copy); a child that changed something
+// still ticks the clock.
+TEST(FsReconcile, AJoinOfAChildThatChangedNothingLeavesTheParentsSuperblockUnwritten) {
+  Family f;
+  write_file(f.parent, "/a", "a");
+  Fs& idle = f.fork();
+  (void)idle;
+  Fs& busy = f.fork();
+  write_file(busy, "/b", "b");
+  std::vector<char> before(static_cast<char*>(f.parent.base()),
+                           static_cast<char*>(f.parent.base()) + kBlockSize);
+  JoinReport r = f.join(0);
+  EXPECT_EQ(r.files_taken + r.names_applied, 0u);
+  EXPECT_EQ(std::memcmp(before.data(), f.parent.base(), kBlockSize), 0);
+  uint64_t clock = f.parent.super().clock;
+  f.join(1);
+  EXPECT_GT(f.parent.super().clock, clock);
+  EXPECT_EQ(read_file(f.parent, "/b"), "b");
+}
+
 TEST(FsReconcile, ChildThatLooksLikeAnotherFileSystemIsRefusedWithEIO) {
   Family f;
   Fs& c = f.fork();

@@ -53,10 +53,13 @@ class ChildView {
   Super sb_{};
   std::unordered_map<uint32_t, Inode> inodes_;
   struct Table {
-    uint64_t bno = 0;
+    uint64_t bno = 0;  // 0: empty; ptrs is read only after a block filled it
     std::array<uint64_t, kPtrsPerBlock> ptrs;
   };
-  std::array<Table, 3> tables_{};
+  // Not value-initialised: zeroing its 12 KiB on every join wrote three
+  // stack pages that a fork shares with the newest space, each a
+  // copy-on-write fault in the master.
+  std::array<Table, 3> tables_;
   size_t next_table_ = 0;
 };
 

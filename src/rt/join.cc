@@ -6,6 +6,8 @@
 #include <link.h>
 #include <stdio.h>
 
+#include <memory>
+#include <optional>
 #include <vector>
 
 #include "ptrace/birth.h"
@@ -210,14 +212,30 @@ long merge_shared(det_child_t child, bool* heap_merged) {
   return 0;
 }
 
-// The child's heap state back into this space's (9 KiB read into a frame of
-// its own, after the merge: on join_child's frame it put every call of the
-// merge 9 KiB further down the stack, and every page of the master's stack
-// touched after a fork is a copy-on-write fault).
-__attribute__((noinline)) void join_heap(det_child_t child, bool heap_merged, Extent given) {
-  HeapState ch;
-  if (!heap_merged) heap_give_back(given);
-  else if (dget(child, DET_COPY, &ch, sizeof ch, &heap_state()) == 0) heap_join(ch, given);
+// In the master, a join's temporaries (the merge's list of ranges, the file
+// system's report, the child's 9 KiB heap state) come from the supervisor's
+// heap, which no space shares.  On the program heap or the stack, every
+// page they touched after a fork was a copy-on-write fault (four a join).
+// Only temporaries: what outlives the join (stdio's buffers, which the
+// console may allocate, the report kept for last_fs_conflicts) must be in
+// the program's memory, or the next space would find zeros there.  A space
+// has no supervisor heap: there they come from its own.
+class JoinTemporaries {
+ public:
+  JoinTemporaries() {
+    if (!g_in_space) sys_.emplace();
+  }
+
+ private:
+  std::optional<SystemHeap> sys_;
+};
+
+// The child's heap state back into this space's.
+void join_heap(det_child_t child, bool heap_merged, Extent given) {
+  if (!heap_merged) return heap_give_back(given);
+  JoinTemporaries temporaries;
+  auto ch = std::make_unique<HeapState>();
+  if (dget(child, DET_COPY, ch.get(), sizeof *ch, &heap_state()) == 0) heap_join(*ch, given);
   // else: the child's heap state is unreadable; its extent stays used (not reused)
 }
 
@@ -229,13 +247,20 @@ int join_child(det_child_t child, bool merge_memory, det_status* out) {
   if (st.state == DET_S_FAULTED) r = -DET_EFAULTED;
   else if (st.state == DET_S_EXITED && st.exit_code != 0) r = -DET_EEXITED;
   bool heap_merged = false;
-  if (r == 0 && merge_memory) r = merge_shared(child, &heap_merged);
+  if (r == 0 && merge_memory) {
+    JoinTemporaries temporaries;
+    r = merge_shared(child, &heap_merged);
+  }
   if (r == -DET_ECONFLICT) dget(child, DET_STATUS, &st, sizeof st, nullptr);
   console_collect(child, crt);
   console_adopt_position(crt);
   if (st.state != DET_S_FAULTED) {  // files, as Determinator reconciles them
     std::string report;
-    long c = fs_join(child, &report);
+    long c;
+    {
+      JoinTemporaries temporaries;
+      c = fs_join(child, &report);
+    }
     st.fs_conflicts = static_cast<int32_t>(c > 0 ? c : 0);
     if (c > 0) g_fs_report = report;
     if (c < 0 && r == 0) r = c;
