@@ -6,9 +6,12 @@
 // starts PROGRAM as a master in a fixed environment, so that a deterministic
 // program prints the same bytes on every run: address-space randomisation
 // off (personality ADDR_NO_RANDOMIZE), the 16 AT_RANDOM bytes (stack canary,
-// pointer guard) fixed, a minimal fixed environment, and every symbol bound
+// pointer guard) fixed, a minimal fixed environment, every symbol bound
 // at start (LD_BIND_NOW, so lazy binding never writes memory that a merge
-// would see).  The tool traces PROGRAM only until its first instruction, to
+// would see), and glibc's restartable sequences off (GLIBC_TUNABLES), so
+// Linux never writes the number of the CPU it runs on into the master's
+// thread data: that page is shared with the newest space, and each write
+// after a fork was a copy-on-write fault.  The tool traces PROGRAM only until its first instruction, to
 // write AT_RANDOM, then detaches: PROGRAM itself becomes the master of its
 // spaces.  --trace makes the supervisor log every call and stop to stderr.
 // Where this machine cannot trap rdtsc or cpuid (confine/cpuid.h), the tool
@@ -41,7 +44,8 @@ using detux::kFixedRandom;
 
 std::vector<std::string> fixed_env(bool trace, const std::vector<std::string>& extra) {
   std::vector<std::string> env = {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/", "LANG=C",
-                                  "LC_ALL=C", "TZ=UTC", "LD_BIND_NOW=1"};
+                                  "LC_ALL=C", "TZ=UTC", "LD_BIND_NOW=1",
+                                  "GLIBC_TUNABLES=glibc.pthread.rseq=0"};
   if (trace) env.push_back("DETUX_TRACE=1");
   // Sanitizer settings pass through so that instrumented builds can be run.
   for (const char* keep : {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"})

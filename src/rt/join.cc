@@ -230,13 +230,27 @@ class JoinTemporaries {
   std::optional<SystemHeap> sys_;
 };
 
-// The child's heap state back into this space's.
+// The child's heap state back into this space's.  If it is unreadable, the
+// child's extent stays used (never reused).
+void join_heap_state(det_child_t child, HeapState* ch, Extent given) {
+  if (dget(child, DET_COPY, ch, sizeof *ch, &heap_state()) == 0) heap_join(*ch, given);
+}
+
+// In a space, the 9 KiB go on the stack, in a frame of their own: a space
+// may not allocate them where its allocator would have to ask Linux for
+// memory (the sanitizer build's), and on the caller's frame they would put
+// every call of the merge 9 KiB further down.
+__attribute__((noinline)) void join_heap_in_space(det_child_t child, Extent given) {
+  HeapState ch;
+  join_heap_state(child, &ch, given);
+}
+
 void join_heap(det_child_t child, bool heap_merged, Extent given) {
   if (!heap_merged) return heap_give_back(given);
+  if (g_in_space) return join_heap_in_space(child, given);
   JoinTemporaries temporaries;
   auto ch = std::make_unique<HeapState>();
-  if (dget(child, DET_COPY, ch.get(), sizeof *ch, &heap_state()) == 0) heap_join(*ch, given);
-  // else: the child's heap state is unreadable; its extent stays used (not reused)
+  join_heap_state(child, ch.get(), given);
 }
 
 int join_child(det_child_t child, bool merge_memory, det_status* out) {
