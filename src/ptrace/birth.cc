@@ -208,8 +208,6 @@ void forget_the_supervisor(BirthPlan& plan) {
   // false, and a fork keeps it so; libstdc++ would then take pthread_once's
   // slow path, whose futex call a space may not make.  A space has one thread.
   __libc_single_threaded = 1;
-  plan.master_pid = 0;
-  plan.pgid = 0;
   // The master forked this space with its heap marked MADV_WIPEONFORK, so
   // there is normally nothing left to drop; this is the backstop should that
   // madvise have failed.  MADV_DONTNEED covers the mapped parts and says
@@ -272,8 +270,13 @@ void space_birth(BirthPlan& plan) {
   g_in_space = 1;
   // The snapshot: a clone that stops (auto-attached, SIGSTOP) before it runs
   // one instruction, and is never resumed.  Taken here, it differs from the
-  // space only in the stack bytes of this function.
+  // space only in the stack bytes of this function and in the pids of the
+  // plan, which nothing reads there: zeroed only now, they share a page with
+  // the runtime's state that the space writes after the clone anyway, where
+  // before it they cost the space one more copy of that page.
   if (plan.snapshot && syscall(SYS_clone, CLONE_PARENT, 0, 0, 0, 0) < 0) die(127);
+  plan.master_pid = 0;
+  plan.pgid = 0;
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die(124);
   if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, plan.filter) != 0) die(124);
   // From here on only detux calls and exit work.

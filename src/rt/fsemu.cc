@@ -234,8 +234,11 @@ bool fs_read_file(const char* path, std::vector<uint8_t>* out) {
 
 void fs_child_start() {
   // The parent's directory descriptors hold the parent's memory: a child
-  // forgets them (never frees them) and starts with none.
-  for (DirFd& d : g_dirs) d = DirFd{};
+  // forgets them (never frees them) and starts with none.  Only those in
+  // use are written: the table shares a page of libdetux's data with the
+  // master, and a write for nothing would copy it.
+  for (DirFd& d : g_dirs)
+    if (d.used || d.entries || d.ino || d.pos) d = DirFd{};
   if (g_ready) g_fs.begin_child();
 }
 
