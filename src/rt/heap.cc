@@ -476,19 +476,16 @@ Extent heap_carve_child() {
 void heap_child_start(Extent e) {
   t_sys = 0;  // a space never runs the supervisor
   Lock l(g_prog);
-  uint64_t limit = gp->limit;
-  Extent region = gp->region;
-  bool ready = gp->ready;
-  *gp = HeapState{};
-  gp->ready = ready;
-  gp->region = region;
-  gp->limit = limit;
-  gp->limited = true;
+  // Field by field, and free[] only as far as it is used: the master's
+  // intervals past nfree are never read, and writing them would copy one
+  // more page of libdetux's data into every new space.
   gp->own = e;
-  if (e.size()) {
-    gp->free[0] = e;
-    gp->nfree = 1;
-  }
+  gp->nfree = e.size() ? 1 : 0;
+  if (e.size()) gp->free[0] = e;
+  for (FreeList& f : gp->cls) f = FreeList{};
+  gp->deferred = gp->ndeferred = gp->deferred_cap = 0;
+  gp->committed = gp->live = 0;
+  gp->limited = true;
 }
 
 // The child's list of the parent's blocks it freed (deferred), if it lies
