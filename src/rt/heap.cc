@@ -54,18 +54,22 @@ constexpr uint64_t kSysBase = 0x500000000000ULL, kSysMaxSize = 1ULL << 40;  // 8
 constexpr uint64_t kBooksLen = (sizeof(HeapState) + 4095) & ~uint64_t{4095};
 constexpr uint64_t kSysBooks = kSysBase - kBooksLen;
 
-// Made on first use, which is in the master (a space never runs the
-// supervisor, and a block of its heap is only ever found after it is made).
-HeapState& sys_books() {
-  if (g_sys) return *g_sys;
+HeapState* make_sys_books() {
   void* p = mmap(reinterpret_cast<void*>(kSysBooks), kBooksLen, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
   if (p == MAP_FAILED) {
     std::fprintf(stderr, "detux: cannot map the supervisor heap's bookkeeping\n");
     std::abort();
   }
-  g_sys = new (p) HeapState;
-  return *g_sys;
+  return g_sys = new (p) HeapState;
+}
+
+// Made on first use, which is in the master (a space never runs the
+// supervisor, and a block of its heap is only ever found after it is made),
+// once even if two of the master's threads get there together.
+HeapState& sys_books() {
+  static HeapState* books = make_sys_books();
+  return *books;
 }
 
 bool in_sys_heap(const void* p) {
