@@ -3,6 +3,8 @@
 // What each figure means is in kernel_bench.cc.
 #include "kernel_bench.h"
 
+#include "confine/cpuid.h"
+
 namespace kbench {
 
 // ============================================================================
@@ -159,11 +161,10 @@ void BM_PipeRoundTrip(benchmark::State& state, bool pinned) {
 // cpuid: 0 = no CPUID faulting, 1 = in the tracee (as in a space), 2 = in
 // the tracee and in the tracer thread.
 void BM_RawPtraceRoundTrip(benchmark::State& state, bool pinned, int cpuid) {
-  if (cpuid >= 1 && !set_cpuid_faulting(true)) {  // a PVM guest, say: the row says n/a
+  if (cpuid >= 1 && !detux::confine::cpuid_faulting_supported()) {  // a PVM guest, say: n/a
     state.SkipWithError("no CPUID faulting on this machine");
     return;
   }
-  if (cpuid >= 1) set_cpuid_faulting(false);
   Placement place(pinned);
   pid_t pid = fork();
   if (pid == 0) {

@@ -133,9 +133,8 @@ void BM_ForkWaitpid(benchmark::State& state, bool pinned) {
     g_val = static_cast<uint8_t>(g_val + 1);
     pid_t c = fork();
     if (c == 0) {
-      uint8_t v = g_val;
-      for (size_t i = 0; i < kPage; ++i) g_tpage[i] = v;
-      _exit(g_tpage[kPage - 1] == v ? 0 : 1);
+      thread_write_page(nullptr);
+      _exit(g_tpage[kPage - 1] == g_val ? 0 : 1);
     }
     int ws = 0;
     if (c < 0 || waitpid(c, &ws, 0) != c || !WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
