@@ -18,7 +18,9 @@
 //      data, against pthread_create + pthread_join of a thread that writes
 //      one page (goal: ratio <= 2), with the phases of dfork/djoin, and
 //      against the machine's floor for a process: fork, the child writes
-//      the page and exits, waitpid.
+//      the page and exits, waitpid.  And a thread that writes a block (256
+//      bytes in each of 128 pages) between sums over 2 MB, started with
+//      det_thread_start_writing (DET_OWN) against det_thread_start.
 //   4. DET_MERGE of a child that dirtied all 16384 pages of a 64 MB region:
 //      GB/s (goal >= 1 GB/s) and us per dirty page beyond one COW fault
 //      (goal <= 2 us).  Baselines: memcpy of 64 MB, a COW write fault per
@@ -94,6 +96,8 @@ BENCHMARK_CAPTURE(BM_ForkWaitpid, pinned, true)->Iterations(200)->Unit(benchmark
 BENCHMARK_CAPTURE(BM_ForkWaitpid, unpinned, false)->Iterations(200)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_DforkPhases)->Iterations(200)->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_NestedDforkDjoin)->Iterations(3)->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_BlockWriter, faulted, false)->Iterations(40)->Unit(benchmark::kMicrosecond);
+BENCHMARK_CAPTURE(BM_BlockWriter, owned, true)->Iterations(40)->Unit(benchmark::kMicrosecond);
 // 4.
 BENCHMARK(BM_Memcpy64M)->UseManualTime()->Iterations(10)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_CowFault64M)->UseManualTime()->Iterations(3)->Unit(benchmark::kMillisecond);
@@ -197,6 +201,8 @@ void print_summary() {
   rows.push_back({"3", "  phase: djoin (status+merge+kill)", fig("phase_djoin"), "us", "", NAN, "",
                   -1});
   rows.push_back({"3", "  phase: Put/Kill alone", fig("phase_kill"), "us", "", NAN, "", -1});
+  rows.push_back({"3", "thread writing 128 pages, DET_OWN [pinned]", fig("block_owned"), "us",
+                  "the same, faulting", fig("block_faulted"), "(info)", -1});
   rows.push_back({"3", "dfork+djoin made by a space (nested)", fig("nested_dfork_djoin"), "us",
                   "dfork+djoin [unpinned]", fig("dfork_djoin_unpinned"), "(info)", -1});
   double gbps = fig("merge64_gbps"), mcp = fig("memcpy64_gbps");

@@ -223,6 +223,7 @@ void BM_PthreadCreateJoin(benchmark::State& state, bool pinned);
 void BM_ForkWaitpid(benchmark::State& state, bool pinned);
 void BM_DforkPhases(benchmark::State& state);
 void BM_NestedDforkDjoin(benchmark::State& state);
+void BM_BlockWriter(benchmark::State& state, bool own);
 void BM_Merge64M(benchmark::State& state);
 void BM_Memcpy64M(benchmark::State& state);
 void BM_CowFault64M(benchmark::State& state);

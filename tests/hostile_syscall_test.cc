@@ -364,7 +364,7 @@ TEST(DetuxCallAbuse, UndefinedOpsAndFlagsAreBadCalls) {
                               {-1, 0},
                               {detux::abi::kOpBirth, 0},  // the master's alone
                               {detux::abi::kOpPut, 1L << 40},
-                              {detux::abi::kOpGet, 0x800},
+                              {detux::abi::kOpGet, 0x8000},
                               {detux::abi::kOpRet, 1L << 63}};
     static int s_i;
     for (int i = 0; i < static_cast<int>(sizeof bad / sizeof bad[0]); ++i) {

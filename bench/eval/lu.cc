@@ -80,11 +80,18 @@ void run_job(void* p) {
   }
 }
 
+// The block a job writes: bs rows of bs doubles, n apart.
+par::Writes output(const Job& j) {
+  const Lu& m = *j.m;
+  double* x = j.kind == 0 ? m.at(j.k, j.j) : j.kind == 1 ? m.at(j.i, j.k) : m.at(j.i, j.j);
+  return {x, m.bs * sizeof(double), size_t(m.bs), m.n * sizeof(double)};
+}
+
 // Runs every job, kMaxLive children at a time, each batch joined in order.
 void run_phase(Job* jobs, int count, par::Task* tasks) {
   for (int first = 0; first < count; first += kMaxLive) {
     const int last = first + kMaxLive < count ? first + kMaxLive : count;
-    for (int q = first; q < last; ++q) par::fork(tasks[q - first], q - first, run_job, &jobs[q]);
+    for (int q = first; q < last; ++q) par::fork(tasks[q - first], q - first, run_job, &jobs[q], output(jobs[q]));
     for (int q = first; q < last; ++q) par::join(tasks[q - first]);
   }
 }

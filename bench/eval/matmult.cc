@@ -76,7 +76,11 @@ int main(int argc, char** argv) {
   for (int r = 0; r < args.repeat; ++r) {
     std::memset(c, 0, n * n * sizeof(int32_t));
     const double t0 = par::now();
-    for (int q = 0; q < kGrid * kGrid; ++q) par::fork(tasks[q], q, block, &jobs[q]);
+    for (int q = 0; q < kGrid * kGrid; ++q) {
+      const Job& jb = jobs[q];
+      par::Writes out{c + jb.row0 * n + jb.col0, side * sizeof(int32_t), size_t(side), n * sizeof(int32_t)};
+      par::fork(tasks[q], q, block, &jobs[q], out);
+    }
     for (int q = 0; q < kGrid * kGrid; ++q) par::join(tasks[q]);
     total += par::now() - t0;
   }

@@ -8,6 +8,13 @@
 // two builds run the same algorithm on the same data and differ only in
 // how a worker is started and ended, which is what the thesis compares.
 //
+// Writes.  par::fork may be told where the worker will write (count
+// pieces of size bytes, stride apart: its output block).  On detux the
+// child then gets its own copies of those pages in one batch before it
+// starts (det_thread_start_writing, DET_OWN) instead of a copy-on-write
+// fault per page in the middle of its computation; pthreads ignores it,
+// its threads share the memory anyway.
+//
 // Merging time.  In the master, the detux join first waits for the child to
 // stop (dget STATUS), then times djoin alone: what that costs is the merge
 // (and the child's teardown), not the child's own work.  par::merge_s()
@@ -30,6 +37,11 @@
 namespace par {
 
 using Fn = void (*)(void*);
+
+struct Writes {
+  void* first = nullptr;
+  size_t size = 0, count = 1, stride = 0;
+};
 
 inline double now() {
   timespec ts;
@@ -55,9 +67,11 @@ struct Task {
 };
 
 // Starts fn(arg) in child `id` (ids are the caller's own: 0, 1, ...).
-inline void fork(Task& t, unsigned long id, Fn fn, void* arg) {
+inline void fork(Task& t, unsigned long id, Fn fn, void* arg, Writes w = {}) {
   t.id = id;
-  if (int r = det_thread_start(id, fn, arg); r < 0) die(det_strerror(r), r);
+  int r = w.size ? det_thread_start_writing(id, fn, arg, w.first, w.size, w.count, w.stride)
+                 : det_thread_start(id, fn, arg);
+  if (r < 0) die(det_strerror(r), r);
 }
 
 inline void join(Task& t) {
@@ -92,7 +106,7 @@ inline void* trampoline(void* p) {
   return nullptr;
 }
 
-inline void fork(Task& t, unsigned long, Fn fn, void* arg) {
+inline void fork(Task& t, unsigned long, Fn fn, void* arg, Writes = {}) {
   t.fn = fn;
   t.arg = arg;
   if (int r = pthread_create(&t.th, nullptr, trampoline, &t); r != 0) die("pthread_create", r);

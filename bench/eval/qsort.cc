@@ -46,8 +46,8 @@ void psort(void* p) {
   }
   Part left{a, s.lo, m, s.depth - 1}, right{a, m, s.hi, s.depth - 1};
   par::Task t[2];
-  par::fork(t[0], 0, psort, &left);
-  par::fork(t[1], 1, psort, &right);
+  par::fork(t[0], 0, psort, &left, {a + left.lo, (left.hi - left.lo) * sizeof(uint32_t)});
+  par::fork(t[1], 1, psort, &right, {a + right.lo, (right.hi - right.lo) * sizeof(uint32_t)});
   par::join(t[0]);
   par::join(t[1]);
 }

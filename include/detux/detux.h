@@ -47,6 +47,12 @@
 extern "C" {
 #endif
 
+/* DET_OWN's repeated range (see there). */
+struct det_stride {
+  size_t count;  /* pieces, at least 1 */
+  size_t stride; /* bytes from the start of one piece to the next */
+};
+
 /* A child's name, chosen by its parent: 0 .. DET_CHILD_MAX. */
 typedef unsigned long det_child_t;
 #define DET_CHILD_MAX 0xffffUL
@@ -104,6 +110,18 @@ typedef unsigned long det_child_t;
 /* Master only (-EPERM in a space): do not block on a running child.  With
  * DET_STATUS it polls; with anything else a running child gives -EAGAIN. */
 #define DET_DONT_WAIT 0x0400UL
+/* Own (Put only): give the child its own copy, now, of every page of
+ * [child_addr, +size), so that its first store to each takes no
+ * copy-on-write fault: a performance hint for a child about to write there
+ * (a fork/join worker's output block).  No byte, permission or merge result
+ * changes.  With addr non-NULL, addr points to a struct det_stride and the
+ * range repeats: count pieces of size bytes, stride bytes apart (the block
+ * of a row-major matrix).  Every page must be mapped writable in the child,
+ * else -EFAULT and nothing is made or started; a range that wraps is
+ * -EINVAL.  Applied after DET_SNAP and before DET_START.  Not combinable
+ * with DET_REGS, DET_COPY, DET_ZERO, DET_PERM, DET_MERGE (-EINVAL).  A page
+ * copied and then not written costs the copy and a look at the next merge. */
+#define DET_OWN 0x0800UL
 
 #define DET_PROT_READ 0x1000UL
 #define DET_PROT_WRITE 0x2000UL
@@ -213,6 +231,13 @@ typedef void (*det_thread_fn)(void *arg);
  * thread flushes its stdio and ends (exit code 0).  0 or a negative error
  * (-EEXIST if the id is in use, -DET_ELIMIT). */
 int det_thread_start(det_child_t child, det_thread_fn fn, void *arg);
+/* The same for a thread that will write `count` pieces of `size` bytes,
+ * `stride` bytes apart from `first` (count 1: one range): their pages are
+ * copied for it in one batch before it starts (DET_OWN), and it reads one
+ * byte of each before fn runs, so that fn's stores take no fault.  The
+ * pieces must be mapped writable (else -EFAULT, and no thread is made). */
+int det_thread_start_writing(det_child_t child, det_thread_fn fn, void *arg, void *first,
+                             size_t size, size_t count, size_t stride);
 /* In a thread: wait at the barrier of its group (see det_group_join).  In
  * the master, or in a space whose parent is not in det_group_join, it is a
  * plain dret(). */

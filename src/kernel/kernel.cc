@@ -14,7 +14,7 @@ namespace {
 constexpr unsigned long kProt = DET_PROT_READ | DET_PROT_WRITE | DET_PROT_EXEC;
 constexpr unsigned long kAllFlags = DET_REGS | DET_COPY | DET_ZERO | DET_SNAP | DET_MERGE |
                                     DET_PERM | DET_START | DET_KILL | DET_STATUS | DET_FORK |
-                                    DET_DONT_WAIT | kProt;
+                                    DET_DONT_WAIT | DET_OWN | kProt;
 constexpr long kDefaultQuota = 8192;
 
 long isqrt(long v) {
@@ -58,7 +58,8 @@ namespace {
 bool makes_started_space(const Call& c) {
   const unsigned long f = c.flags;
   return c.op == abi::kOpPut && (f & DET_SNAP) && (f & DET_START) &&
-         !(f & (DET_COPY | DET_ZERO | DET_PERM | DET_REGS | DET_MERGE | DET_KILL | DET_STATUS));
+         !(f & (DET_COPY | DET_ZERO | DET_PERM | DET_REGS | DET_MERGE | DET_KILL | DET_STATUS |
+                DET_OWN));
 }
 
 }  // namespace
@@ -106,6 +107,8 @@ long Kernel::put(Space& caller, const Call& c) {
   if ((f & DET_MERGE) && c.child_addr && c.child_addr != c.addr) return -EINVAL;
   if ((f & DET_COPY) && (f & DET_ZERO)) return -EINVAL;
   if ((f & DET_REGS) && (f & (DET_COPY | DET_ZERO | DET_PERM))) return -EINVAL;
+  if ((f & DET_OWN) && (f & (DET_REGS | DET_COPY | DET_ZERO | DET_PERM | DET_MERGE)))
+    return -EINVAL;
   if (f & DET_KILL) {
     if (f & ~(DET_KILL | DET_DONT_WAIT)) return -EINVAL;
     kill_child(caller, c.child);
@@ -113,6 +116,9 @@ long Kernel::put(Space& caller, const Call& c) {
   }
   Space* ch = caller.child(c.child);
   if (ch && (f & DET_FORK)) return -EEXIST;
+  if ((f & DET_OWN) && (!ch || ch->stopped())) {  // before anything is made or done
+    if (long o = check_own(caller, ch ? *ch : caller, c); o < 0) return o;
+  }
   if (!ch) {
     // A snapshot of the new child's unchanged memory is taken as it is made
     // (one step cheaper); a Copy, Zero or Perm first means it comes after.
@@ -131,7 +137,7 @@ long Kernel::put(Space& caller, const Call& c) {
 
 long Kernel::get(Space& caller, const Call& c) {
   unsigned long f = c.flags;
-  if (f & (DET_SNAP | DET_START | DET_KILL | DET_FORK)) return -EINVAL;
+  if (f & (DET_SNAP | DET_START | DET_KILL | DET_FORK | DET_OWN)) return -EINVAL;
   if (f & (DET_ZERO | DET_PERM)) {  // on the caller itself; no child involved
     if (f & ~(DET_ZERO | DET_PERM | kProt | DET_DONT_WAIT)) return -EINVAL;
     return (f & DET_ZERO) ? zero_range(caller, c.addr, c.size, f)
@@ -194,6 +200,10 @@ long Kernel::do_put(Space& caller, Space& child, const Call& c) {
     if (!s.ok()) return s.err();
     child.status.conflict = 0;
     child.status.conflict_addr = 0;
+  }
+  if (f & DET_OWN) {
+    if (child.run == Space::Run::kExited) return -ESRCH;
+    if (long o = own_range(caller, child, c); o < 0) return o;
   }
   if (f & DET_START) {
     if (child.run == Space::Run::kExited) return -ESRCH;

@@ -67,6 +67,9 @@ class Kernel {
   long copy_range(Space& from, uint64_t src, Space& to, uint64_t dst, uint64_t len);
   long zero_range(Space& s, uint64_t addr, uint64_t len, unsigned long flags);
   long perm_range(Space& s, uint64_t addr, uint64_t len, unsigned long flags);
+  Result<std::vector<MemRange>> own_spans(Space& caller, const Call& c, MemRange* hull);
+  long check_own(Space& caller, Space& s, const Call& c);
+  long own_range(Space& caller, Space& child, const Call& c);
   long merge_range(Space& parent, Space& child, uint64_t addr, uint64_t len);
   long refresh_range(Space& parent, Space& child, uint64_t addr, uint64_t len);
   Result<std::vector<uint64_t>> child_dirty(Space& child, uint64_t addr, uint64_t len,

@@ -131,6 +131,11 @@ class Machine {
   // anonymous, writable mappings.  The kernel then merges into those pages
   // in place instead of reading and writing them through the machine.
   virtual bool in_place(Proc* p, std::span<const uint64_t> pages) = 0;
+  // Page-aligned ranges, ascending.  Give stopped space p its own copy of
+  // every page of them in its writable private mappings, bytes unchanged
+  // (DET_OWN); other pages are left alone.  Doing nothing is a correct
+  // answer, only a slower one.
+  virtual Status own_pages(Proc* p, std::span<const MemRange> ranges) = 0;
   // Copy whole pages from one stopped space (or the master) to another at
   // the same addresses.
   virtual Status copy_pages(Proc* from, Proc* to, std::span<const uint64_t> pages) = 0;

@@ -128,6 +128,56 @@ long Kernel::perm_range(Space& s, uint64_t addr, uint64_t len, unsigned long fla
   return added.ok() ? 0 : added.err();
 }
 
+// Own (a hint): the child's own copies of the pages it is about to write,
+// made by the machine in one batch while the child is stopped.  The pieces
+// (one range, or DET_OWN's det_stride repeat of it), page-aligned, in
+// order, adjacent ones joined; *hull spans them all.
+Result<std::vector<MemRange>> Kernel::own_spans(Space& caller, const Call& c, MemRange* hull) {
+  det_stride rep{1, 0};
+  if (c.addr != 0 && !m_.read(caller.proc, c.addr, &rep, sizeof rep).ok()) return Err{-EFAULT};
+  constexpr uint64_t kMaxPieces = 1 << 20;
+  if (rep.count == 0 || rep.count > kMaxPieces || (rep.count > 1 && rep.stride < c.size))
+    return Err{-EINVAL};
+  if (c.size == 0) return std::vector<MemRange>{};
+  uint64_t last = c.child_addr + (rep.count - 1) * rep.stride;
+  if (rep.stride > (kUserTop / rep.count) || bad_range(c.child_addr, c.size) ||
+      bad_range(last, c.size))
+    return Err{-EINVAL};
+  std::vector<MemRange> out;
+  for (uint64_t k = 0; k < rep.count; ++k) {
+    uint64_t a = c.child_addr + k * rep.stride;
+    uint64_t lo = page_down(a), hi = page_up(a + c.size);
+    if (!out.empty() && lo <= out.back().end()) out.back().len = hi - out.back().start;
+    else out.push_back({lo, hi - lo});
+  }
+  *hull = {out.front().start, out.back().end() - out.front().start};
+  return out;
+}
+
+// DET_OWN's rule: every page from the first piece to the end of the last is
+// mapped writable in `s` (the child, or for a child not yet made, the
+// caller it will copy), so that reading any of them cannot fault.
+long Kernel::check_own(Space& caller, Space& s, const Call& c) {
+  MemRange hull;
+  auto spans = own_spans(caller, c, &hull);
+  if (!spans.ok()) return spans.err();
+  if (spans->empty()) return 0;
+  auto gaps = m_.holes(s.proc, hull);
+  if (!gaps.ok()) return gaps.err();
+  auto fixed = m_.read_only(s.proc, hull);
+  if (!fixed.ok()) return fixed.err();
+  return gaps->empty() && fixed->empty() ? 0 : -EFAULT;
+}
+
+long Kernel::own_range(Space& caller, Space& child, const Call& c) {
+  MemRange hull;
+  auto spans = own_spans(caller, c, &hull);
+  if (!spans.ok()) return spans.err();
+  if (spans->empty()) return 0;
+  Status st = m_.own_pages(child.proc, *spans);
+  return st.ok() ? 0 : st.err();
+}
+
 // The pages of [addr, addr+len) the child wrote since its snapshot (in the
 // page-aligned *span); -EINVAL for a bad range or a child with no snapshot.
 Result<std::vector<uint64_t>> Kernel::child_dirty(Space& child, uint64_t addr, uint64_t len,
@@ -312,7 +362,7 @@ std::string flag_names(unsigned long f) {
   static const std::pair<unsigned long, const char*> names[] = {
       {DET_REGS, "REGS"},   {DET_COPY, "COPY"},   {DET_ZERO, "ZERO"},     {DET_SNAP, "SNAP"},
       {DET_MERGE, "MERGE"}, {DET_PERM, "PERM"},   {DET_START, "START"},   {DET_KILL, "KILL"},
-      {DET_STATUS, "STATUS"}, {DET_FORK, "FORK"}, {DET_DONT_WAIT, "DONT_WAIT"},
+      {DET_STATUS, "STATUS"}, {DET_FORK, "FORK"}, {DET_DONT_WAIT, "DONT_WAIT"}, {DET_OWN, "OWN"},
       {DET_PROT_READ, "R"}, {DET_PROT_WRITE, "W"}, {DET_PROT_EXEC, "X"}};
   std::string s;
   for (auto& [bit, name] : names) {

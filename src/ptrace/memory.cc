@@ -393,6 +393,45 @@ Status PtraceMachine::copy_pages(Proc* from, Proc* to, std::span<const uint64_t>
   return ok_status();
 }
 
+// DET_OWN.  A store by process_vm_writev into a page the stopped space
+// still shares breaks the sharing as its own store would, but without the
+// fault: on a PVM guest 1.5-2.3 us a page in one batch, against 17 us for
+// the space's own copy-on-write fault (plus several more when the fault
+// interrupts a computation whose pages then leave the TLB).  One byte of
+// each page is read and written back unchanged.
+Status PtraceMachine::own_pages(Proc* p, std::span<const MemRange> ranges) {
+  if (ranges.empty()) return ok_status();
+  MemRange hull{ranges.front().start, ranges.back().end() - ranges.front().start};
+  auto maps = vmas_in(p, hull);
+  if (!maps.ok()) return Err{maps.err()};
+  std::vector<uint64_t> pages;
+  for (const Vma& v : *maps) {
+    if (!v.writable || v.shared) continue;
+    for (const MemRange& r : ranges)
+      for (uint64_t a = std::max(v.start, r.start); a < std::min(v.end, r.end()); a += kPage)
+        pages.push_back(a);
+  }
+  std::vector<uint8_t> bytes(pages.size());
+  std::vector<iovec> io(2 * std::min<size_t>(IOV_MAX, pages.size()));
+  for (size_t i = 0; i < pages.size(); i += IOV_MAX) {
+    size_t n = std::min<size_t>(IOV_MAX, pages.size() - i);
+    iovec* remote = io.data();
+    iovec* here = io.data() + n;
+    for (size_t k = 0; k < n; ++k) {
+      remote[k] = {reinterpret_cast<void*>(pages[i + k]), 1};
+      here[k] = {&bytes[i + k], 1};
+    }
+    ssize_t got = vm_readv(p->pid, here, n, remote, n);
+    if (got < 0) return Err{errno == ESRCH ? -ESRCH : -EFAULT};
+    // Only the bytes read are written back: a page that could not be read
+    // (a write-only mapping) is left to fault as usual.
+    if (got > 0 && vm_writev(p->pid, here, static_cast<size_t>(got), remote,
+                             static_cast<size_t>(got)) < 0 && errno == ESRCH)
+      return Err{-ESRCH};
+  }
+  return ok_status();
+}
+
 // The master's stack below `top`, from the lowest page ever populated in
 // its mapping (without PAGEMAP_SCAN: from the mapping's start).
 Result<MemRange> PtraceMachine::stack_below(uint64_t top) {
