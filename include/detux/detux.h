@@ -116,9 +116,10 @@ typedef unsigned long det_child_t;
  * (a fork/join worker's output block).  No byte, permission or merge result
  * changes.  With addr non-NULL, addr points to a struct det_stride and the
  * range repeats: count pieces of size bytes, stride bytes apart (the block
- * of a row-major matrix).  Every page must be mapped writable in the child,
- * else -EFAULT and nothing is made or started; a range that wraps is
- * -EINVAL.  Applied after DET_SNAP and before DET_START.  Not combinable
+ * of a row-major matrix; stride >= size, count >= 1).  Every page from the
+ * first piece to the end of the last must be mapped writable in the child
+ * (for a new child: in the caller), else -EFAULT and nothing is made or
+ * started; a range that wraps is -EINVAL.  Applied after DET_SNAP and before DET_START.  Not combinable
  * with DET_REGS, DET_COPY, DET_ZERO, DET_PERM, DET_MERGE (-EINVAL).  A page
  * copied and then not written costs the copy and a look at the next merge. */
 #define DET_OWN 0x0800UL

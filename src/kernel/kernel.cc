@@ -53,13 +53,13 @@ Status Kernel::set_limits(const det_limits& l) {
 namespace {
 
 // A Put that makes a child with its snapshot and starts it, and does
-// nothing else to it (dfork): the machine need not finish making it before
-// the call returns (Machine::fork_space).
+// nothing else to it but DET_OWN's hint (dfork, det_thread_start_writing):
+// the machine need not finish making it before the call returns
+// (Machine::fork_space).
 bool makes_started_space(const Call& c) {
   const unsigned long f = c.flags;
   return c.op == abi::kOpPut && (f & DET_SNAP) && (f & DET_START) &&
-         !(f & (DET_COPY | DET_ZERO | DET_PERM | DET_REGS | DET_MERGE | DET_KILL | DET_STATUS |
-                DET_OWN));
+         !(f & (DET_COPY | DET_ZERO | DET_PERM | DET_REGS | DET_MERGE | DET_KILL | DET_STATUS));
 }
 
 }  // namespace

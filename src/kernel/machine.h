@@ -75,7 +75,8 @@ class Machine {
   // DET_CHILD as that call's result.  With `snapshot`, it also has its
   // snapshot already (as if snapshot() had been called at once).
   // `started`: the caller's next step is resume(), with nothing done to the
-  // space before it; the machine may then finish making it later, by
+  // space before it but own_pages(); the machine may then finish making it
+  // (and do what own_pages() asked) later, by
   // settle_births() at the latest (a failed birth is then reported by
   // next_event() as the space's death).
   virtual Result<Proc*> fork_space(Proc* parent, bool snapshot, bool started) = 0;

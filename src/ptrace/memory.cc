@@ -398,8 +398,18 @@ Status PtraceMachine::copy_pages(Proc* from, Proc* to, std::span<const uint64_t>
 // fault: on a PVM guest 1.5-2.3 us a page in one batch, against 17 us for
 // the space's own copy-on-write fault (plus several more when the fault
 // interrupts a computation whose pages then leave the TLB).  One byte of
-// each page is read and written back unchanged.
+// each page is read and written back unchanged.  A space whose birth is
+// still running on another CPU is not touched now (its birth writes pages
+// of its own): finish_birth() does it, before it starts the space.
 Status PtraceMachine::own_pages(Proc* p, std::span<const MemRange> ranges) {
+  if (p->birthing) {
+    p->birth_own.assign(ranges.begin(), ranges.end());
+    return ok_status();
+  }
+  return own_now(p, ranges);
+}
+
+Status PtraceMachine::own_now(Proc* p, std::span<const MemRange> ranges) {
   if (ranges.empty()) return ok_status();
   MemRange hull{ranges.front().start, ranges.back().end() - ranges.front().start};
   auto maps = vmas_in(p, hull);
@@ -423,8 +433,8 @@ Status PtraceMachine::own_pages(Proc* p, std::span<const MemRange> ranges) {
     }
     ssize_t got = vm_readv(p->pid, here, n, remote, n);
     if (got < 0) return Err{errno == ESRCH ? -ESRCH : -EFAULT};
-    // Only the bytes read are written back: a page that could not be read
-    // (a write-only mapping) is left to fault as usual.
+    // Only the bytes read are written back: the batch ends at a page that
+    // cannot be read, and the space will fault there as usual.
     if (got > 0 && vm_writev(p->pid, here, static_cast<size_t>(got), remote,
                              static_cast<size_t>(got)) < 0 && errno == ESRCH)
       return Err{-ESRCH};

@@ -73,6 +73,7 @@ struct Proc {
   pid_t birth_pgid = 0;         // the group it was told to join
   uint64_t birth_top = 0;       // the master's call's stack pointer at the fork
   MemRange birth_dead{};        // the master's dead stack below it then
+  std::vector<MemRange> birth_own;  // DET_OWN's pages, owned when the birth ends
 };
 
 inline constexpr long kPtraceOptions = PTRACE_O_EXITKILL | PTRACE_O_TRACESECCOMP |
@@ -155,6 +156,7 @@ class PtraceMachine final : public Machine {
                             cpu_set_t* mine, bool* pinned);
   Result<Proc*> spawn_from_master(bool snapshot, bool started);
   Status finish_birth(Proc* p);
+  Status own_now(Proc* p, std::span<const MemRange> ranges);
   bool group_has_members(const Proc* except = nullptr) const;
   Status start_clean(Proc* p);
   Result<MemRange> stack_below(uint64_t top);  // memory.cc

@@ -244,6 +244,10 @@ Status PtraceMachine::finish_birth(Proc* p) {
   p->stop = StopKind::kSyscall;
   p->call_pending = true;  // the kOpBirth call; its result is ignored
   DETUX_TRY(start_clean(p));
+  if (!p->birth_own.empty()) {  // a hint: a failure only costs the faults
+    (void)own_now(p, p->birth_own);
+    p->birth_own.clear();
+  }
   return p->start_at_birth ? resume(p, 0) : ok_status();
 }
 
