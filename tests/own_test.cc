@@ -135,6 +135,37 @@ TEST(Own, OwnedPagesStillMergeThreeWaysAndStillConflict) {
   EXPECT_EQ(out, "0:170,140,204 -1001:170,221,204 8212 ");
 }
 
+// A barrier, by hand: the child wrote pages 3 and 5 and stopped; the master
+// merges it, refreshes it (Put MERGE) and takes its new snapshot with or
+// without DET_OWN and no range.  With it, those two pages are the space's
+// alone again (and so its new snapshot's); without it, they share them.
+std::string after_refresh(bool own) {
+  std::string out;
+  auto r = in_master([own](std::string& out) {
+    fill_region();
+    if (dfork(0) == 0) {
+      g_region[3 * 4096 + 1] = 1;
+      g_region[5 * 4096 + 2] = 2;
+      ret_forever();
+    }
+    CHECK_EQ(status_of(0).state, DET_S_STOPPED);
+    void* a = const_cast<uint8_t*>(g_region);
+    CHECK_EQ(dget(0, DET_MERGE, a, sizeof g_region, a), 0L);  // the barrier's merge
+    CHECK_EQ(g_region[3 * 4096 + 1], 1);
+    CHECK_EQ(dput(0, DET_MERGE, a, sizeof g_region, a), 0L);  // its refresh
+    CHECK_EQ(dput(0, DET_SNAP | (own ? DET_OWN : 0), nullptr, 0, nullptr), 0L);
+    out += maps_of_children();
+    CHECK_EQ(djoin(0), 0);
+  });
+  EXPECT_TRUE(r.ok()) << r.out;
+  return r.out;
+}
+
+TEST(Own, WithNoRangeAfterARefreshThePagesTheChildWroteAreItsOwnAgain) {
+  EXPECT_NE(after_refresh(true).find("...x.x.........."), std::string::npos);
+  EXPECT_EQ(after_refresh(false).find('x'), std::string::npos);
+}
+
 TEST(Own, ARangeNotMappedWritableIsRefusedBeforeAnyChildIsMade) {
   auto r = in_master([](std::string&) {
     long page = sysconf(_SC_PAGESIZE);

@@ -91,7 +91,8 @@ par::Writes output(const Job& j) {
 void run_phase(Job* jobs, int count, par::Task* tasks) {
   for (int first = 0; first < count; first += kMaxLive) {
     const int last = first + kMaxLive < count ? first + kMaxLive : count;
-    for (int q = first; q < last; ++q) par::fork(tasks[q - first], q - first, run_job, &jobs[q], output(jobs[q]));
+    for (int q = first; q < last; ++q)
+      par::fork(tasks[q - first], q - first, run_job, &jobs[q], output(jobs[q]));
     for (int q = first; q < last; ++q) par::join(tasks[q - first]);
   }
 }

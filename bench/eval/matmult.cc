@@ -77,8 +77,9 @@ int main(int argc, char** argv) {
     std::memset(c, 0, n * n * sizeof(int32_t));
     const double t0 = par::now();
     for (int q = 0; q < kGrid * kGrid; ++q) {
-      const Job& jb = jobs[q];
-      par::Writes out{c + jb.row0 * n + jb.col0, side * sizeof(int32_t), size_t(side), n * sizeof(int32_t)};
+      const Job& jb = jobs[q];  // its block: side rows of side entries, n apart
+      par::Writes out{c + jb.row0 * n + jb.col0, side * sizeof(int32_t), size_t(side),
+                      n * sizeof(int32_t)};
       par::fork(tasks[q], q, block, &jobs[q], out);
     }
     for (int q = 0; q < kGrid * kGrid; ++q) par::join(tasks[q]);

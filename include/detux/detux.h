@@ -121,7 +121,10 @@ typedef unsigned long det_child_t;
  * (for a new child: in the caller), else -EFAULT and nothing is made or
  * started; a range that wraps is -EINVAL.  Applied after DET_SNAP and before DET_START.  Not combinable
  * with DET_REGS, DET_COPY, DET_ZERO, DET_PERM, DET_MERGE (-EINVAL).  A page
- * copied and then not written costs the copy and a look at the next merge. */
+ * copied and then not written costs the copy and a look at the next merge.
+ * With size 0 it names no range but the pages the child had written, as
+ * found by the refreshes (Put DET_MERGE) since its last snapshot: a thread
+ * restarted after a barrier mostly writes the same pages again. */
 #define DET_OWN 0x0800UL
 
 #define DET_PROT_READ 0x1000UL

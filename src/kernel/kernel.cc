@@ -200,6 +200,7 @@ long Kernel::do_put(Space& caller, Space& child, const Call& c) {
     if (!s.ok()) return s.err();
     child.status.conflict = 0;
     child.status.conflict_addr = 0;
+    if (!(f & DET_OWN)) child.refreshed_dirty.clear();
   }
   if (f & DET_OWN) {
     if (child.run == Space::Run::kExited) return -ESRCH;

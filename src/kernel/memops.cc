@@ -45,6 +45,18 @@ MemRange part_of_page(uint64_t page, uint64_t addr, uint64_t len) {
   return {lo, hi - lo};
 }
 
+// Pages (any order, repeats allowed) as ascending runs.
+std::vector<MemRange> runs_of_pages(std::vector<uint64_t> pages) {
+  std::sort(pages.begin(), pages.end());
+  std::vector<MemRange> out;
+  for (uint64_t pg : pages) {
+    if (!out.empty() && pg <= out.back().end())
+      out.back().len = std::max(out.back().len, pg + kPage - out.back().start);
+    else out.push_back({pg, kPage});
+  }
+  return out;
+}
+
 int prot_bits(unsigned long flags) {
   return ((flags & DET_PROT_READ) ? PROT_READ : 0) | ((flags & DET_PROT_WRITE) ? PROT_WRITE : 0) |
          ((flags & DET_PROT_EXEC) ? PROT_EXEC : 0);
@@ -173,6 +185,8 @@ long Kernel::own_range(Space& caller, Space& child, const Call& c) {
   MemRange hull;
   auto spans = own_spans(caller, c, &hull);
   if (!spans.ok()) return spans.err();
+  if (c.size == 0) spans = runs_of_pages(child.refreshed_dirty);
+  child.refreshed_dirty.clear();
   if (spans->empty()) return 0;
   Status st = m_.own_pages(child.proc, *spans);
   return st.ok() ? 0 : st.err();
@@ -283,6 +297,7 @@ long Kernel::refresh_range(Space& parent, Space& child, uint64_t addr, uint64_t 
   MemRange span;
   auto dirty = child_dirty(child, addr, len, &span);
   if (!dirty.ok()) return dirty.err();
+  child.refreshed_dirty.insert(child.refreshed_dirty.end(), dirty->begin(), dirty->end());
   auto mine = m_.populated_pages(parent.proc, span);
   if (!mine.ok()) return mine.err();
   auto same = m_.unchanged_since_snapshot(parent.proc, child.proc, *mine);

@@ -54,6 +54,10 @@ struct Space {
   long quota_free = 0;    // spaces it may still create (and hand out)
   long quota_given = 0;   // what its parent handed it
   uint64_t bytes_gained = 0;  // memory gained by Perm, Zero and Copy
+  // Pages it had written, as found by the refreshes (Put DET_MERGE) since its
+  // last snapshot: what a DET_OWN with no range owns (a barrier's thread
+  // mostly writes the same pages in its next round).
+  std::vector<uint64_t> refreshed_dirty;
 
   Space* child(det_child_t c) {
     auto it = children.find(c);

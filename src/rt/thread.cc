@@ -42,11 +42,10 @@ const char* next_page(const char* at) {
 // copies (DET_OWN); on a guest whose hypervisor shadows page tables (PVM),
 // the first access to each page in a new process is still a hypervisor
 // exit, which costs several microseconds more inside a computation than in
-// this tight loop (it evicts the computation's TLB entries).  Loads only:
-// a store of the same byte would count as nothing, but a load cannot even
-// fault, since DET_OWN checked that every page is mapped writable.
+// this tight loop (it evicts the computation's TLB entries).  Loads, not
+// stores: they change nothing a merge could see, and cannot fault, since
+// DET_OWN checked that every page is mapped writable.
 void touch_pages(const char* first, size_t size, size_t count, size_t stride) {
-  if (size == 0) return;
   for (size_t k = 0; k < count; ++k) {
     const char* lo = first + k * stride;
     for (const char* at = lo; at < lo + size; at = next_page(at))
@@ -68,7 +67,9 @@ long refresh_and_start(det_child_t child) {
     void* a = reinterpret_cast<void*>(s.start);
     if (long r = dput(child, DET_MERGE, a, s.len, a); r < 0) return r;
   }
-  return dput(child, DET_SNAP | DET_START, nullptr, 0, nullptr);
+  // The pages it wrote this round are likely the ones it writes next: they
+  // are copied for it now, in one batch (DET_OWN with no range).
+  return dput(child, DET_SNAP | DET_START | DET_OWN, nullptr, 0, nullptr);
 }
 
 struct Group {
@@ -119,22 +120,18 @@ using namespace detux::rt;
 extern "C" {
 
 int det_thread_start(det_child_t child, det_thread_fn fn, void* arg) {
-  int r = dfork(child);
-  if (r < 0) return r;
-  if (r == 0) {
-    fn(arg);
-    end_thread();
-  }
-  return 0;
+  return det_thread_start_writing(child, fn, arg, nullptr, 0, 1, 0);
 }
 
 int det_thread_start_writing(det_child_t child, det_thread_fn fn, void* arg, void* first,
                              size_t size, size_t count, size_t stride) {
   det_stride rep{count, stride};
-  long r = dput(child, DET_FORK | DET_SNAP | DET_START | DET_OWN, &rep, size, first);
+  const bool own = size != 0;
+  long r = dput(child, DET_FORK | DET_SNAP | DET_START | (own ? DET_OWN : 0), own ? &rep : nullptr,
+                size, first);
   if (r < 0) return static_cast<int>(r);
   if (r == DET_CHILD) {
-    touch_pages(static_cast<const char*>(first), size, count, stride);
+    if (own) touch_pages(static_cast<const char*>(first), size, count, stride);
     fn(arg);
     end_thread();
   }
