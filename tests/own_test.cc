@@ -168,10 +168,13 @@ TEST(Own, WithNoRangeAfterARefreshThePagesTheChildWroteAreItsOwnAgain) {
 
 TEST(Own, ARangeNotMappedWritableIsRefusedBeforeAnyChildIsMade) {
   auto r = in_master([](std::string&) {
+    // Far below where Linux places mappings, so that nothing (the sanitizer's
+    // allocator, say) is mapped into the hole this test makes.
     long page = sysconf(_SC_PAGESIZE);
-    auto* ro = static_cast<uint8_t*>(
-        mmap(nullptr, 3 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-    CHECK(ro != MAP_FAILED);
+    auto* ro = static_cast<uint8_t*>(mmap(reinterpret_cast<void*>(0x300000000000), 3 * page,
+                                          PROT_READ | PROT_WRITE,
+                                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0));
+    CHECK(ro == reinterpret_cast<uint8_t*>(0x300000000000));
     CHECK_EQ(mprotect(ro + page, page, PROT_READ), 0);
     CHECK_EQ(munmap(ro + 2 * page, page), 0);
     const unsigned long f = DET_FORK | DET_SNAP | DET_START | DET_OWN;
