@@ -192,6 +192,8 @@ TEST(Own, ARangeNotMappedWritableIsRefusedBeforeAnyChildIsMade) {
     long made = dput(0, f, nullptr, 10, ro);                       // and a good one works
     if (made == DET_CHILD) ret_forever();
     CHECK_EQ(made, 0L);
+    CHECK_EQ(dput(0, DET_OWN, nullptr, 10, ro + page), -EFAULT);  // an existing child too
+    CHECK_EQ(dput(0, DET_OWN, nullptr, 10, ro), 0L);
     CHECK_EQ(djoin(0), 0);
   });
   EXPECT_TRUE(r.ok()) << r.out;

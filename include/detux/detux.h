@@ -118,8 +118,9 @@ typedef unsigned long det_child_t;
  * range repeats: count pieces of size bytes, stride bytes apart (the block
  * of a row-major matrix; stride >= size, count >= 1).  Every page from the
  * first piece to the end of the last must be mapped writable in the child
- * (for a new child: in the caller), else -EFAULT and nothing is made or
- * started; a range that wraps is -EINVAL.  Applied after DET_SNAP and before DET_START.  Not combinable
+ * (for a new child: in the caller), checked before anything else is done,
+ * else -EFAULT and nothing is made or started; a range that wraps is
+ * -EINVAL.  Applied after DET_SNAP and before DET_START.  Not combinable
  * with DET_REGS, DET_COPY, DET_ZERO, DET_PERM, DET_MERGE (-EINVAL).  A page
  * copied and then not written costs the copy and a look at the next merge.
  * With size 0 it names no range but the pages the child had written, as

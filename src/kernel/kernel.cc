@@ -116,8 +116,8 @@ long Kernel::put(Space& caller, const Call& c) {
   }
   Space* ch = caller.child(c.child);
   if (ch && (f & DET_FORK)) return -EEXIST;
-  if ((f & DET_OWN) && (!ch || ch->stopped())) {  // before anything is made or done
-    if (long o = check_own(caller, ch ? *ch : caller, c); o < 0) return o;
+  if (!ch && (f & DET_OWN)) {  // before it is made: the child will be a copy of the caller
+    if (long o = check_own(caller, caller, c); o < 0) return o;
   }
   if (!ch) {
     // A snapshot of the new child's unchanged memory is taken as it is made
@@ -126,11 +126,9 @@ long Kernel::put(Space& caller, const Call& c) {
     auto made = create_child(caller, c.child, snap_now, makes_started_space(c));
     if (!made.ok()) return made.err();
     ch = *made;
-    if (snap_now) {
-      Call rest = c;
-      rest.flags &= ~DET_SNAP;
-      return act_on_stopped(caller, *ch, rest);
-    }
+    Call rest = c;
+    if (snap_now) rest.flags &= ~DET_SNAP;
+    return do_put(caller, *ch, rest, true);  // a new child is stopped
   }
   return act_on_stopped(caller, *ch, c);
 }
@@ -178,8 +176,13 @@ long Kernel::act_on_stopped(Space& caller, Space& child, const Call& c) {
   return c.op == abi::kOpPut ? do_put(caller, child, c) : do_get(caller, child, c);
 }
 
-long Kernel::do_put(Space& caller, Space& child, const Call& c) {
+// `made`: the child was made by this very call (DET_OWN's range was checked
+// against the caller before).
+long Kernel::do_put(Space& caller, Space& child, const Call& c, bool made) {
   unsigned long f = c.flags;
+  if ((f & DET_OWN) && !made) {  // before anything is done
+    if (long o = check_own(caller, child, c); o < 0) return o;
+  }
   if (f & DET_REGS) {
     det_regs regs;
     if (c.size != sizeof regs) return -EINVAL;

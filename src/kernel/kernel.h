@@ -44,7 +44,7 @@ class Kernel {
   long get(Space& caller, const Call& c);
   long ret(Space& caller);
   long act_on_stopped(Space& caller, Space& child, const Call& c);
-  long do_put(Space& caller, Space& child, const Call& c);
+  long do_put(Space& caller, Space& child, const Call& c, bool made = false);
   long do_get(Space& caller, Space& child, const Call& c);
 
   // exec.cc
