@@ -171,9 +171,9 @@ TEST(Own, ARangeNotMappedWritableIsRefusedBeforeAnyChildIsMade) {
     // Far below where Linux places mappings, so that nothing (the sanitizer's
     // allocator, say) is mapped into the hole this test makes.
     long page = sysconf(_SC_PAGESIZE);
+    const int how = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE;
     auto* ro = static_cast<uint8_t*>(mmap(reinterpret_cast<void*>(0x300000000000), 3 * page,
-                                          PROT_READ | PROT_WRITE,
-                                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0));
+                                          PROT_READ | PROT_WRITE, how, -1, 0));
     CHECK(ro == reinterpret_cast<uint8_t*>(0x300000000000));
     CHECK_EQ(mprotect(ro + page, page, PROT_READ), 0);
     CHECK_EQ(munmap(ro + 2 * page, page), 0);
@@ -212,7 +212,8 @@ Block g_blocks[4];
 void fill_block(void* p) {
   const Block& b = *static_cast<Block*>(p);
   for (long i = b.row0; i < b.row0 + b.side; ++i)
-    for (long j = b.col0; j < b.col0 + b.side; ++j) b.m[i * b.n + j] = static_cast<int32_t>(i * 1000 + j);
+    for (long j = b.col0; j < b.col0 + b.side; ++j)
+      b.m[i * b.n + j] = static_cast<int32_t>(i * 1000 + j);
 }
 
 std::string blocks_with(bool writing) {
