@@ -194,6 +194,8 @@ TEST(Own, ARangeNotMappedWritableIsRefusedBeforeAnyChildIsMade) {
     CHECK_EQ(made, 0L);
     CHECK_EQ(dput(0, DET_OWN, nullptr, 10, ro + page), -EFAULT);  // an existing child too
     CHECK_EQ(dput(0, DET_OWN, nullptr, 10, ro), 0L);
+    det_stride once{1, ~0UL};  // one piece: the stride is not used
+    CHECK_EQ(dput(0, DET_OWN, &once, 10, ro), 0L);
     CHECK_EQ(djoin(0), 0);
   });
   EXPECT_TRUE(r.ok()) << r.out;

@@ -151,10 +151,10 @@ Result<std::vector<MemRange>> Kernel::own_spans(Space& caller, const Call& c, Me
   if (rep.count == 0 || rep.count > kMaxPieces || (rep.count > 1 && rep.stride < c.size))
     return Err{-EINVAL};
   if (c.size == 0) return std::vector<MemRange>{};
+  if (rep.count == 1) rep.stride = 0;  // unused
+  if (rep.stride > kUserTop / rep.count) return Err{-EINVAL};
   uint64_t last = c.child_addr + (rep.count - 1) * rep.stride;
-  if (rep.stride > (kUserTop / rep.count) || bad_range(c.child_addr, c.size) ||
-      bad_range(last, c.size))
-    return Err{-EINVAL};
+  if (bad_range(c.child_addr, c.size) || bad_range(last, c.size)) return Err{-EINVAL};
   std::vector<MemRange> out;
   for (uint64_t k = 0; k < rep.count; ++k) {
     uint64_t a = c.child_addr + k * rep.stride;
