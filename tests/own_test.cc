@@ -245,3 +245,37 @@ TEST(Own, ThreadsStartedWritingComputeWhatPlainThreadsCompute) {
   });
   EXPECT_FALSE(out.empty());
 }
+
+namespace {
+
+int64_t g_out[64 * 1024];  // 512 KiB: 128 pages
+
+void square(long i, void*) { g_out[i] = i * i + 1; }
+
+std::string loop_with(bool writing) {
+  std::memset(g_out, 0, sizeof g_out);
+  const long n = sizeof g_out / sizeof g_out[0];
+  int r = writing ? det_parallel_for_writing(0, n, 4096, square, nullptr, g_out, sizeof g_out[0])
+                  : det_parallel_for(0, n, 4096, square, nullptr);
+  CHECK_EQ(r, 0);
+  uint64_t h = 1469598103934665603ULL;
+  for (int64_t v : g_out) h = (h ^ static_cast<uint64_t>(v)) * 1099511628211ULL;
+  return std::to_string(h);
+}
+
+}  // namespace
+
+TEST(Own, ALoopWritingItsOutputComputesWhatAPlainLoopComputes) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    std::string plain = loop_with(false), writing = loop_with(true);
+    CHECK(plain == writing);
+    CHECK_EQ(g_out[1000], 1000L * 1000 + 1);
+    // An output the chunks cannot own: refused before the first chunk starts.
+    CHECK_EQ(det_parallel_for_writing(0, 16, 4, square, nullptr, reinterpret_cast<void*>(0x10000),
+                                      8),
+             -EFAULT);
+    out += writing;
+  });
+  EXPECT_FALSE(out.empty());
+}

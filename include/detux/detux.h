@@ -263,6 +263,13 @@ int det_group_join(det_child_t first, det_child_t count, det_child_t *failed,
  * or the first error, as det_group_join. */
 int det_parallel_for(long begin, long end, long grain, void (*fn)(long i, void *arg),
                      void *arg);
+/* The same for a loop whose index i writes out[i], elements of `elem`
+ * bytes: each chunk's slice of out is copied for its space before it starts
+ * (as det_thread_start_writing).  A chunk whose slice is not mapped
+ * writable is not started: -EFAULT, as for any chunk that cannot start
+ * (the chunks already started are joined first). */
+int det_parallel_for_writing(long begin, long end, long grain, void (*fn)(long i, void *arg),
+                             void *arg, void *out, size_t elem);
 
 /* Names an address of this process for a message: the variable it belongs
  * to, with its index and member path where debug information exists

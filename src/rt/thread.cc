@@ -53,6 +53,18 @@ void touch_pages(const char* first, size_t size, size_t count, size_t stride) {
   }
 }
 
+// dfork, telling the kernel (DET_OWN) and then the new child (touch_pages)
+// where the child will write: count pieces of size bytes, stride apart.
+// DET_CHILD in the child, else dput's result.
+long fork_writing(det_child_t child, void* first, size_t size, size_t count, size_t stride) {
+  det_stride rep{count, stride};
+  const bool own = size != 0;
+  long r = dput(child, DET_FORK | DET_SNAP | DET_START | (own ? DET_OWN : 0), own ? &rep : nullptr,
+                size, first);
+  if (r == DET_CHILD && own) touch_pages(static_cast<const char*>(first), size, count, stride);
+  return r;
+}
+
 // The child's output so far is printed; it starts again with none.
 long hand_over_output(det_child_t child, const RtState& crt) {
   long r = console_collect(child, crt);
@@ -125,13 +137,9 @@ int det_thread_start(det_child_t child, det_thread_fn fn, void* arg) {
 
 int det_thread_start_writing(det_child_t child, det_thread_fn fn, void* arg, void* first,
                              size_t size, size_t count, size_t stride) {
-  det_stride rep{count, stride};
-  const bool own = size != 0;
-  long r = dput(child, DET_FORK | DET_SNAP | DET_START | (own ? DET_OWN : 0), own ? &rep : nullptr,
-                size, first);
+  long r = fork_writing(child, first, size, count, stride);
   if (r < 0) return static_cast<int>(r);
   if (r == DET_CHILD) {
-    if (own) touch_pages(static_cast<const char*>(first), size, count, stride);
     fn(arg);
     end_thread();
   }
@@ -168,18 +176,26 @@ int det_group_join(det_child_t first, det_child_t count, det_child_t* failed,
 }
 
 int det_parallel_for(long begin, long end, long grain, void (*fn)(long, void*), void* arg) {
+  return det_parallel_for_writing(begin, end, grain, fn, arg, nullptr, 0);
+}
+
+int det_parallel_for_writing(long begin, long end, long grain, void (*fn)(long, void*), void* arg,
+                             void* out, size_t elem) {
   if (grain <= 0 || end < begin) return -EINVAL;
   for (long wave = begin; wave < end; wave += grain * kMaxInFlight) {
     long n = 0;
     for (long lo = wave; lo < end && n < kMaxInFlight; lo += grain, ++n) {
-      int r = dfork(static_cast<det_child_t>(n));
-      if (r == 0) {
-        for (long i = lo; i < std::min(end, lo + grain); ++i) fn(i, arg);
+      const long hi = std::min(end, lo + grain);
+      char* first = out ? static_cast<char*>(out) + lo * static_cast<long>(elem) : nullptr;
+      const size_t size = out ? static_cast<size_t>(hi - lo) * elem : 0;
+      long r = fork_writing(static_cast<det_child_t>(n), first, size, 1, 0);
+      if (r == DET_CHILD) {
+        for (long i = lo; i < hi; ++i) fn(i, arg);
         end_thread();
       }
       if (r < 0) {
         if (n) det_group_join(0, static_cast<det_child_t>(n), nullptr, nullptr);
-        return r;
+        return static_cast<int>(r);
       }
     }
     if (int r = det_group_join(0, static_cast<det_child_t>(n), nullptr, nullptr); r < 0) return r;
