@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include <detux/detux.hpp>
+
 #include "harness.h"
 
 using detux::test::children_of;
@@ -271,6 +273,8 @@ TEST(Own, ALoopWritingItsOutputComputesWhatAPlainLoopComputes) {
     std::string plain = loop_with(false), writing = loop_with(true);
     CHECK(plain == writing);
     CHECK_EQ(g_out[1000], 1000L * 1000 + 1);
+    detux::parallel_for(0, 1024, 256, g_out, [](long i) { g_out[i] = -i; });  // C++
+    CHECK_EQ(g_out[1000], -1000L);
     // An output the chunks cannot own: refused before the first chunk starts.
     CHECK_EQ(det_parallel_for_writing(0, 16, 4, square, nullptr, reinterpret_cast<void*>(0x10000),
                                       8),

@@ -113,6 +113,14 @@ void parallel_for(long begin, long end, long grain, F f) {
   detail::check(det_parallel_for(begin, end, grain, &detail::call_index<F>, &f));
 }
 
+// The same for a loop whose index i writes out[i]: each chunk's slice of out
+// is copied for its space before it starts (det_parallel_for_writing).
+template <typename T, typename F>
+void parallel_for(long begin, long end, long grain, T* out, F f) {
+  detail::check(det_parallel_for_writing(begin, end, grain, &detail::call_index<F>, &f, out,
+                                         sizeof(T)));
+}
+
 // Folds map(i) over [begin, end) with reduce, chunk by chunk: each chunk of
 // `grain` iterations starts from `identity` (which must be reduce's
 // identity) in its own child, and the partial results are combined in chunk
