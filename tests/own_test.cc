@@ -57,6 +57,14 @@ std::string maps_of_children() {
 det_stride g_rep{3, 2 * 4096};
 void* piece0() { return const_cast<uint8_t*>(g_region) + 2 * 4096 + 8; }
 
+// FNV-1a over an array's values, as a decimal string.
+template <typename T, size_t N>
+std::string digest(const T (&a)[N]) {
+  uint64_t h = 1469598103934665603ULL;
+  for (T v : a) h = (h ^ static_cast<uint64_t>(v)) * 1099511628211ULL;
+  return std::to_string(h);
+}
+
 void fill_region() {
   for (size_t i = 0; i < sizeof g_region; ++i) g_region[i] = static_cast<uint8_t>(i * 7);
 }
@@ -231,9 +239,7 @@ std::string blocks_with(bool writing) {
     CHECK_EQ(r, 0);
   }
   for (int q = 0; q < 4; ++q) CHECK_EQ(djoin(q), 0);
-  uint64_t h = 1469598103934665603ULL;
-  for (int32_t v : g_matrix) h = (h ^ static_cast<uint32_t>(v)) * 1099511628211ULL;
-  return std::to_string(h);
+  return digest(g_matrix);
 }
 
 }  // namespace
@@ -260,9 +266,7 @@ std::string loop_with(bool writing) {
   int r = writing ? det_parallel_for_writing(0, n, 4096, square, nullptr, g_out, sizeof g_out[0])
                   : det_parallel_for(0, n, 4096, square, nullptr);
   CHECK_EQ(r, 0);
-  uint64_t h = 1469598103934665603ULL;
-  for (int64_t v : g_out) h = (h ^ static_cast<uint64_t>(v)) * 1099511628211ULL;
-  return std::to_string(h);
+  return digest(g_out);
 }
 
 }  // namespace

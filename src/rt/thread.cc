@@ -37,8 +37,8 @@ const char* next_page(const char* at) {
   _exit(0);
 }
 
-// det_thread_start_writing's first step in the new thread: one load from
-// each page it is about to write.  The kernel has already given it its own
+// The first step of a child made by fork_writing: one load from each page
+// it is about to write.  The kernel has already given it its own
 // copies (DET_OWN); on a guest whose hypervisor shadows page tables (PVM),
 // the first access to each page in a new process is still a hypervisor
 // exit, which costs several microseconds more inside a computation than in
