@@ -3,7 +3,8 @@
 // The kernel owns the space tree and decides, for every call from the master
 // or from a space, what happens and in which order (Determinator's do_put
 // and do_get): create the child if absent, wait until it is stopped, then
-// registers, copy or zero, permissions, snapshot, start; for Get: registers,
+// registers, copy or zero, permissions, snapshot, owning the pages the
+// child will write (DET_OWN, a hint), start; for Get: registers,
 // copy or merge, status, and zero or permissions on the caller itself.
 // Waiting differs by caller: the master blocks here, running the event loop
 // that serves every space; a space is simply left stopped with its call
