@@ -11,9 +11,10 @@
 // would see), and glibc's restartable sequences off (GLIBC_TUNABLES), so
 // Linux never writes the number of the CPU it runs on into the master's
 // thread data: that page is shared with the newest space, and each write
-// after a fork was a copy-on-write fault.  The tool traces PROGRAM only until its first instruction, to
-// write AT_RANDOM, then detaches: PROGRAM itself becomes the master of its
-// spaces.  --trace makes the supervisor log every call and stop to stderr.
+// after a fork was a copy-on-write fault.  The tool traces PROGRAM only
+// until its first instruction, to write AT_RANDOM, then detaches: PROGRAM
+// itself becomes the master of its spaces.  --trace makes the supervisor log
+// every call and stop to stderr.
 // Where this machine cannot trap rdtsc or cpuid (confine/cpuid.h), the tool
 // says so on stderr before it starts PROGRAM: spaces that execute them read
 // the host, and their output is then only as deterministic as their code.

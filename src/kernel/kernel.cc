@@ -116,10 +116,15 @@ long Kernel::put(Space& caller, const Call& c) {
   }
   Space* ch = caller.child(c.child);
   if (ch && (f & DET_FORK)) return -EEXIST;
-  if (!ch && (f & DET_OWN)) {  // before it is made: the child will be a copy of the caller
-    if (long o = check_own(caller, caller, c); o < 0) return o;
-  }
   if (!ch) {
+    // DET_OWN's range is checked before the child is made, in the caller it
+    // will copy.
+    std::vector<MemRange> own;
+    if (f & DET_OWN) {
+      auto checked = checked_own(caller, caller, c);
+      if (!checked.ok()) return checked.err();
+      own = std::move(*checked);
+    }
     // A snapshot of the new child's unchanged memory is taken as it is made
     // (one step cheaper); a Copy, Zero or Perm first means it comes after.
     bool snap_now = (f & DET_SNAP) && !(f & (DET_COPY | DET_ZERO | DET_PERM));
@@ -128,7 +133,7 @@ long Kernel::put(Space& caller, const Call& c) {
     ch = *made;
     Call rest = c;
     if (snap_now) rest.flags &= ~DET_SNAP;
-    return do_put(caller, *ch, rest, true);  // a new child is stopped
+    return do_put(caller, *ch, rest, &own);  // a new child is stopped
   }
   return act_on_stopped(caller, *ch, c);
 }
@@ -176,12 +181,16 @@ long Kernel::act_on_stopped(Space& caller, Space& child, const Call& c) {
   return c.op == abi::kOpPut ? do_put(caller, child, c) : do_get(caller, child, c);
 }
 
-// `made`: the child was made by this very call (DET_OWN's range was checked
-// against the caller before).
-long Kernel::do_put(Space& caller, Space& child, const Call& c, bool made) {
+// `own`: DET_OWN's pieces, already checked (for a child made by this very
+// call); else they are found and checked here, before anything is done.
+long Kernel::do_put(Space& caller, Space& child, const Call& c, const std::vector<MemRange>* own) {
   unsigned long f = c.flags;
-  if ((f & DET_OWN) && !made) {  // before anything is done
-    if (long o = check_own(caller, child, c); o < 0) return o;
+  std::vector<MemRange> spans;
+  if ((f & DET_OWN) && !own) {
+    auto checked = checked_own(caller, child, c);
+    if (!checked.ok()) return checked.err();
+    spans = std::move(*checked);
+    own = &spans;
   }
   if (f & DET_REGS) {
     det_regs regs;
@@ -207,7 +216,7 @@ long Kernel::do_put(Space& caller, Space& child, const Call& c, bool made) {
   }
   if (f & DET_OWN) {
     if (child.run == Space::Run::kExited) return -ESRCH;
-    if (long o = own_range(caller, child, c); o < 0) return o;
+    if (long o = own_range(child, c, *own); o < 0) return o;
   }
   if (f & DET_START) {
     if (child.run == Space::Run::kExited) return -ESRCH;

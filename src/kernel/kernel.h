@@ -45,7 +45,8 @@ class Kernel {
   long get(Space& caller, const Call& c);
   long ret(Space& caller);
   long act_on_stopped(Space& caller, Space& child, const Call& c);
-  long do_put(Space& caller, Space& child, const Call& c, bool made = false);
+  long do_put(Space& caller, Space& child, const Call& c,
+              const std::vector<MemRange>* own = nullptr);
   long do_get(Space& caller, Space& child, const Call& c);
 
   // exec.cc
@@ -68,9 +69,9 @@ class Kernel {
   long copy_range(Space& from, uint64_t src, Space& to, uint64_t dst, uint64_t len);
   long zero_range(Space& s, uint64_t addr, uint64_t len, unsigned long flags);
   long perm_range(Space& s, uint64_t addr, uint64_t len, unsigned long flags);
-  Result<std::vector<MemRange>> own_spans(Space& caller, const Call& c, MemRange* hull);
-  long check_own(Space& caller, Space& s, const Call& c);
-  long own_range(Space& caller, Space& child, const Call& c);
+  Result<std::vector<MemRange>> own_spans(Space& caller, const Call& c);
+  Result<std::vector<MemRange>> checked_own(Space& caller, Space& s, const Call& c);
+  long own_range(Space& child, const Call& c, const std::vector<MemRange>& spans);
   long merge_range(Space& parent, Space& child, uint64_t addr, uint64_t len);
   long refresh_range(Space& parent, Space& child, uint64_t addr, uint64_t len);
   Result<std::vector<uint64_t>> child_dirty(Space& child, uint64_t addr, uint64_t len,

@@ -143,8 +143,8 @@ long Kernel::perm_range(Space& s, uint64_t addr, uint64_t len, unsigned long fla
 // Own (a hint): the child's own copies of the pages it is about to write,
 // made by the machine in one batch while the child is stopped.  The pieces
 // (one range, or DET_OWN's det_stride repeat of it), page-aligned, in
-// order, adjacent ones joined; *hull spans them all.
-Result<std::vector<MemRange>> Kernel::own_spans(Space& caller, const Call& c, MemRange* hull) {
+// order, adjacent ones joined.
+Result<std::vector<MemRange>> Kernel::own_spans(Space& caller, const Call& c) {
   det_stride rep{1, 0};
   if (c.addr != 0 && !m_.read(caller.proc, c.addr, &rep, sizeof rep).ok()) return Err{-EFAULT};
   constexpr uint64_t kMaxPieces = 1 << 20;
@@ -162,33 +162,33 @@ Result<std::vector<MemRange>> Kernel::own_spans(Space& caller, const Call& c, Me
     if (!out.empty() && lo <= out.back().end()) out.back().len = hi - out.back().start;
     else out.push_back({lo, hi - lo});
   }
-  *hull = {out.front().start, out.back().end() - out.front().start};
   return out;
 }
 
-// DET_OWN's rule: every page from the first piece to the end of the last is
-// mapped writable in `s` (the child, or for a child not yet made, the
-// caller it will copy), so that reading any of them cannot fault.
-long Kernel::check_own(Space& caller, Space& s, const Call& c) {
-  MemRange hull;
-  auto spans = own_spans(caller, c, &hull);
-  if (!spans.ok()) return spans.err();
-  if (spans->empty()) return 0;
+// The pieces, under DET_OWN's rule: every page from the first piece to the
+// end of the last is mapped writable in `s` (the child, or for a child not
+// yet made, the caller it will copy), so that reading any cannot fault.
+Result<std::vector<MemRange>> Kernel::checked_own(Space& caller, Space& s, const Call& c) {
+  auto spans = own_spans(caller, c);
+  if (!spans.ok() || spans->empty()) return spans;
+  MemRange hull{spans->front().start, spans->back().end() - spans->front().start};
   auto gaps = m_.holes(s.proc, hull);
-  if (!gaps.ok()) return gaps.err();
+  if (!gaps.ok()) return Err{gaps.err()};
   auto fixed = m_.read_only(s.proc, hull);
-  if (!fixed.ok()) return fixed.err();
-  return gaps->empty() && fixed->empty() ? 0 : -EFAULT;
+  if (!fixed.ok()) return Err{fixed.err()};
+  if (!gaps->empty() || !fixed->empty()) return Err{-EFAULT};
+  return spans;
 }
 
-long Kernel::own_range(Space& caller, Space& child, const Call& c) {
-  MemRange hull;
-  auto spans = own_spans(caller, c, &hull);
-  if (!spans.ok()) return spans.err();
-  if (c.size == 0) spans = runs_of_pages(child.refreshed_dirty);
+// The pieces, or with no range given (size 0) the pages the refreshes since
+// the child's last snapshot found it had written, become the child's own.
+long Kernel::own_range(Space& child, const Call& c, const std::vector<MemRange>& spans) {
+  std::vector<MemRange> written;
+  if (c.size == 0) written = runs_of_pages(child.refreshed_dirty);
   child.refreshed_dirty.clear();
-  if (spans->empty()) return 0;
-  Status st = m_.own_pages(child.proc, *spans);
+  const std::vector<MemRange>& own = c.size == 0 ? written : spans;
+  if (own.empty()) return 0;
+  Status st = m_.own_pages(child.proc, own);
   return st.ok() ? 0 : st.err();
 }
 
