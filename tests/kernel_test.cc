@@ -250,6 +250,10 @@ TEST(Copy, BadRangesAreErrorsNotCrashes) {
     void* nowhere = reinterpret_cast<void*>(0x400000000000UL);  // valid, unmapped
     CHECK_EQ(dput(0, DET_COPY, nowhere, 64, buf), -EFAULT);
     CHECK_EQ(dget(0, DET_COPY, buf, 64, nowhere), -EFAULT);
+    // Into the master's own read-only memory: refused, the master unharmed.
+    static const char kReadOnly[64] = "the master's read-only data";
+    CHECK_EQ(dget(0, DET_COPY, const_cast<char*>(kReadOnly), 64, buf), -EFAULT);
+    CHECK(std::strcmp(kReadOnly, "the master's read-only data") == 0);
     // Perm must be page aligned.
     CHECK_EQ(dput(0, DET_PERM | DET_PROT_READ, nullptr, 100, buf), -EINVAL);
     // Get with both Copy and Merge; Put with Merge.

@@ -66,7 +66,9 @@ typedef unsigned long det_child_t;
 /* Copy size bytes: Put copies the caller's [addr, addr+size) to the child's
  * [child_addr, ...), Get copies the child's [child_addr, ...) to the caller's
  * [addr, ...).  Any offsets and sizes.  Destination pages that are not mapped
- * are mapped read-write first (counted against the memory limit). */
+ * are mapped read-write first (counted against the memory limit).  A source
+ * byte that cannot be read, or a destination page that is mapped but not
+ * writable, is -EFAULT; the destination may then hold part of the copy. */
 #define DET_COPY 0x0002UL
 /* Zero a range.  Put: the child's [child_addr, +size).  Get: the caller's own
  * [addr, +size) (Determinator: memory allocation is Get/Zero on oneself).

@@ -101,6 +101,10 @@ class Machine {
   // Memory of a stopped space (or the master).  Bad ranges: -EFAULT.
   virtual Status read(Proc* p, uint64_t addr, void* buf, size_t len) = 0;
   virtual Status write(Proc* p, uint64_t addr, const void* buf, size_t len) = 0;
+  // len bytes from `from`'s memory at src to `to`'s at dst (a parent and its
+  // stopped child, either of them possibly the master): the whole range, or
+  // -EFAULT (-ESRCH if one is gone), in which case some may have moved.
+  virtual Status move(Proc* from, uint64_t src, Proc* to, uint64_t dst, size_t len) = 0;
   // Page-aligned.  Map fresh zero pages over [start, end) with prot.
   virtual Status map_zero(Proc* p, MemRange r, int prot) = 0;
   // Page-aligned.  Change protection of mapped pages; fill unmapped holes

@@ -26,7 +26,6 @@ namespace {
 constexpr uint64_t kPage = 4096;
 constexpr uint64_t kUserBottom = 0x10000;  // below: never memory (mmap_min_addr)
 constexpr uint64_t kUserTop = 0x7ffffffff000ULL;
-constexpr uint64_t kChunk = 16 << 20;  // bytes moved per step of a copy
 
 bool bad_range(uint64_t addr, uint64_t len) {
   return len > 0 && (addr < kUserBottom || addr + len < addr || addr + len > kUserTop);
@@ -71,15 +70,9 @@ long Kernel::gain(Space& s, uint64_t bytes) {
   return 0;
 }
 
-// Move len bytes in chunks; -EFAULT at the first range that is not there.
+// Move len bytes; -EFAULT at the first range that is not there.
 long Kernel::move_bytes(Space& from, uint64_t src, Space& to, uint64_t dst, uint64_t len) {
-  PageBuffer buf = page_buffer(std::min(len, kChunk));
-  for (uint64_t off = 0; off < len; off += kChunk) {
-    uint64_t n = std::min(kChunk, len - off);
-    if (!m_.read(from.proc, src + off, buf.get(), n).ok()) return -EFAULT;
-    if (!m_.write(to.proc, dst + off, buf.get(), n).ok()) return -EFAULT;
-  }
-  return 0;
+  return m_.move(from.proc, src, to.proc, dst, len).ok() ? 0 : -EFAULT;
 }
 
 long Kernel::copy_range(Space& from, uint64_t src, Space& to, uint64_t dst, uint64_t len) {

@@ -7,6 +7,7 @@
 // entry, so that it returns DET_CHILD like a child made by a space does.
 #include <detux/detux.h>
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -35,13 +36,20 @@ namespace {
 struct Master {
   detux::PtraceMachine machine;
   detux::Kernel kernel{machine};
-  // The thread that became master: only it may make master calls.  Kept in
-  // the supervisor's heap, which spaces do not see (a global would hand every
-  // space an id that differs from run to run).
-  pid_t tid = 0;
 };
 
 Master* g_master = nullptr;
+// True on the thread that became master, and only there: only it may make
+// master calls.  A thread-local flag, not a thread id compared with gettid()
+// on every call (a system call, 1 us on a PVM guest); a fork() clears it in
+// the child, which runs on a new thread (clear_master_thread).  Spaces
+// inherit the cleared flag and never read it.  A process made by a raw
+// clone system call, which runs no fork handlers, is not caught: it is an
+// ordinary Linux process of the master's user, which could reach the
+// spaces' memory anyway; the check is against mistakes, not attacks.
+thread_local bool t_master_thread = false;
+
+void clear_master_thread() { t_master_thread = false; }
 sigjmp_buf* g_entry = nullptr;
 
 [[noreturn]] void child_entry() { siglongjmp(*g_entry, 1); }
@@ -83,11 +91,9 @@ void register_images_from_env() {
   }
 }
 
-// 0, or -DET_ETHREAD if a master exists and this is not its thread.  One
-// system call: a thread's id is its own while it lives, and a fork() of the
-// master runs on a new one.
+// 0, or -DET_ETHREAD if a master exists and this is not its thread.
 long on_master_thread() {
-  if (!g_master || static_cast<pid_t>(syscall(SYS_gettid)) == g_master->tid) return 0;
+  if (!g_master || t_master_thread) return 0;
   return -DET_ETHREAD;
 }
 
@@ -97,7 +103,8 @@ long ensure_master() {
   detux::rt::rt_master_init();
   detux::rt::SystemHeap system;
   g_master = new Master;
-  g_master->tid = static_cast<pid_t>(syscall(SYS_gettid));
+  t_master_thread = true;
+  pthread_atfork(nullptr, nullptr, clear_master_thread);
   detux::set_child_entry(child_entry);
   detux::rt::Extent sys = detux::rt::system_heap_span();
   detux::set_supervisor_memory(sys.lo, sys.size());

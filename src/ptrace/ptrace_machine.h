@@ -133,6 +133,7 @@ class PtraceMachine final : public Machine {
   Status set_regs(Proc* p, const det_regs& in) override;
   Status read(Proc* p, uint64_t addr, void* buf, size_t len) override;
   Status write(Proc* p, uint64_t addr, const void* buf, size_t len) override;
+  Status move(Proc* from, uint64_t src, Proc* to, uint64_t dst, size_t len) override;
   Status map_zero(Proc* p, MemRange r, int prot) override;
   Result<uint64_t> protect(Proc* p, MemRange r, int prot) override;
   Result<std::vector<MemRange>> holes(Proc* p, MemRange r) override;
