@@ -136,6 +136,10 @@ class Machine {
   // anonymous, writable mappings.  The kernel then merges into those pages
   // in place instead of reading and writing them through the machine.
   virtual bool in_place(Proc* p, std::span<const uint64_t> pages) = 0;
+  // A hint before the kernel stores into such pages (in_place was true for
+  // them): make each the master's own now, if that is cheaper than the
+  // copy-on-write fault of the first store.  Doing nothing is correct.
+  virtual void will_store(Proc* p, std::span<const uint64_t> pages) = 0;
   // Page-aligned ranges, ascending.  Give stopped space p its own copy of
   // every page of them in its writable private mappings, bytes unchanged
   // (DET_OWN); other pages are left alone.  Doing nothing is a correct
@@ -144,6 +148,11 @@ class Machine {
   // Copy whole pages from one stopped space (or the master) to another at
   // the same addresses.
   virtual Status copy_pages(Proc* from, Proc* to, std::span<const uint64_t> pages) = 0;
+  // A merge's whole pages: pages that `parent` has not written since
+  // `child`'s snapshot (unchanged_since_snapshot) become the child's.  On an
+  // error the parent's pages are as they were: the snapshot holds their
+  // bytes.
+  virtual Status take_pages(Proc* child, Proc* parent, std::span<const uint64_t> pages) = 0;
 
   // A new space running a new program: `image` (an ELF executable linked
   // with libdetux) started with argv and envp, at fixed addresses, its

@@ -240,7 +240,7 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
   PageBuffer results = page_buffer(partial.size() * kPage);
   if (long r = merge_pages(parent, child, addr, len, partial, &changed, results.get()); r < 0)
     return r;
-  if (Status s = m_.copy_pages(child.proc, parent.proc, whole); !s.ok()) return s.err();
+  if (Status s = m_.take_pages(child.proc, parent.proc, whole); !s.ok()) return s.err();
   Status s = m_.write_pages(parent.proc, changed, results.get());
   return s.ok() ? 0 : s.err();
 }
@@ -270,7 +270,8 @@ long Kernel::merge_in_place(Space& parent, Space& child, uint64_t addr, uint64_t
     merge::Outcome o = merge::check3(mine, &theirs[off], &ref[off], m.len);
     if (o.conflict) return conflict_at(child, m.start + o.first_conflict);
   }
-  if (Status s = m_.copy_pages(child.proc, parent.proc, whole); !s.ok()) return s.err();
+  if (Status s = m_.take_pages(child.proc, parent.proc, whole); !s.ok()) return s.err();
+  m_.will_store(parent.proc, partial);
   for (size_t i = 0; i < partial.size(); ++i) {
     size_t off;
     MemRange m = part(i, &off);

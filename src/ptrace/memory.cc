@@ -378,29 +378,29 @@ bool PtraceMachine::in_place(Proc* p, std::span<const uint64_t> pages) {
 
 namespace {
 
-// The master's pages about to be stored into are usually still shared with
-// the space's snapshot, and a store into each, even the kernel's own from
-// process_vm_readv, traps for its copy: 18-22 us a page on a PVM guest.
-// One MADV_POPULATE_WRITE per run makes the copies without a trap each
-// (5.5 us a page, and about 5 us more at the store).  A whole-page join of
-// 512 pages: 11.5 -> 8.8 ms.  Only for private anonymous memory (in_place):
-// populating a shared or file mapping would dirty it.  Best effort: where it
-// fails, the stores fault as before.
-void own_copies(const std::vector<Piece>& pieces) {
-  constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE, Linux 5.14
-  for (const Piece& pc : pieces)
-    madvise(reinterpret_cast<void*>(pc.addr), pc.count * kPage, kPopulateWrite);
-}
+constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE, Linux 5.14
+
+void* at_own_address(const Piece& pc) { return reinterpret_cast<void*>(pc.addr); }
 
 }  // namespace
 
+// A page the master shares with a snapshot costs its first store a
+// copy-on-write fault, 16-22 us on a PVM guest; one MADV_POPULATE_WRITE per
+// run of pages makes the copies without a trap each (5.5 us a page, and
+// about 5 us more at the store: a whole-page join of 512 pages went 11.5 ->
+// 8.8 ms when the merge stored them itself).  Pages already the master's
+// own cost only the walk.  Best effort: where it fails, the stores fault.
+void PtraceMachine::will_store(Proc* p, std::span<const uint64_t> pages) {
+  DETUX_ASSERT(p->is_master);
+  for (const Piece& pc : runs_of(pages)) madvise(at_own_address(pc), pc.count * kPage, kPopulateWrite);
+}
+
+// To or from the master: straight between its pages and the space's, one
+// copy and no buffer.  Between two spaces through a buffer.
 Status PtraceMachine::copy_pages(Proc* from, Proc* to, std::span<const uint64_t> pages) {
   std::vector<Piece> pieces = runs_of(pages);
-  if (to->is_master) {  // straight into place: one copy, no buffer
-    if (in_place(to, pages)) own_copies(pieces);
-    return move_pieces(from->pid, false, pieces,
-                       [](const Piece& pc) { return reinterpret_cast<void*>(pc.addr); });
-  }
+  if (to->is_master) return move_pieces(from->pid, false, pieces, at_own_address);
+  if (from->is_master) return move_pieces(to->pid, true, pieces, at_own_address);
   constexpr size_t kBatch = 256;  // pages through the buffer at a time
   PageBuffer buf = page_buffer(std::min(pages.size(), kBatch) * kPage);
   for (size_t i = 0; i < pages.size(); i += kBatch) {
@@ -409,6 +409,42 @@ Status PtraceMachine::copy_pages(Proc* from, Proc* to, std::span<const uint64_t>
     DETUX_TRY(batch_rw(to->pid, true, part, buf.get()));
   }
   return ok_status();
+}
+
+// The master's pages a merge takes whole are still shared with the child's
+// snapshot, so the first store into each, even the kernel's own from
+// process_vm_readv, is a copy-on-write break: a copy of a page about to be
+// overwritten, and a TLB flush for each.  On a PVM guest (a stand-alone
+// test, 2048 pages the master shared with a stopped process, the new bytes
+// read from another):
+//   process_vm_readv straight in                       17.6-18.8 us a page
+//   MADV_POPULATE_WRITE, then process_vm_readv          12.0-12.8
+//   MADV_DONTNEED, MADV_POPULATE_WRITE, readv            7.4-7.6
+//   (a store of the master's own, for comparison)       16.1-16.3
+// The first user access to each page afterwards costs about 5.5 us in the
+// first three (the host's shadow of the new entry), nothing in the last.
+// So the pages are dropped and made afresh as zero pages, in one call each
+// per run, before the child's bytes are read into them.  Dropping them
+// loses nothing: the snapshot holds the very same bytes, and if the read
+// fails they are read back from there.  Only for the master's private,
+// anonymous memory (in_place); elsewhere a plain copy.
+Status PtraceMachine::take_pages(Proc* child, Proc* parent, std::span<const uint64_t> pages) {
+  if (!parent->is_master || pages.empty() || !in_place(parent, pages))
+    return copy_pages(child, parent, pages);
+  std::vector<Piece> pieces = runs_of(pages);
+  for (const Piece& pc : pieces) {  // best effort: where it fails, the reads fault as before
+    void* at = at_own_address(pc);
+    if (madvise(at, pc.count * kPage, MADV_DONTNEED) == 0) madvise(at, pc.count * kPage, kPopulateWrite);
+  }
+  Status s = move_pieces(child->pid, false, pieces, at_own_address);
+  if (s.ok()) return s;
+  DETUX_ASSERT(child->ref_pid > 0);  // unchanged_since_snapshot said so
+  int fd = cached_proc(child->ref_pid, "mem", &child->ref_mem_fd);
+  for (const Piece& pc : pieces)
+    if (fd < 0 || pread(fd, at_own_address(pc), pc.count * kPage, static_cast<off_t>(pc.addr)) !=
+                      static_cast<ssize_t>(pc.count * kPage))
+      return Err{-EIO};  // the snapshot is gone too (killed from outside)
+  return s;
 }
 
 // DET_OWN.  A store by process_vm_writev into a page the stopped space
