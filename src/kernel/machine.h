@@ -136,10 +136,6 @@ class Machine {
   // anonymous, writable mappings.  The kernel then merges into those pages
   // in place instead of reading and writing them through the machine.
   virtual bool in_place(Proc* p, std::span<const uint64_t> pages) = 0;
-  // A hint before the kernel stores into such pages (in_place was true for
-  // them): make each the master's own now, if that is cheaper than the
-  // copy-on-write fault of the first store.  Doing nothing is correct.
-  virtual void will_store(Proc* p, std::span<const uint64_t> pages) = 0;
   // Page-aligned ranges, ascending.  Give stopped space p its own copy of
   // every page of them in its writable private mappings, bytes unchanged
   // (DET_OWN); other pages are left alone.  Doing nothing is a correct

@@ -271,7 +271,6 @@ long Kernel::merge_in_place(Space& parent, Space& child, uint64_t addr, uint64_t
     if (o.conflict) return conflict_at(child, m.start + o.first_conflict);
   }
   if (Status s = m_.take_pages(child.proc, parent.proc, whole); !s.ok()) return s.err();
-  m_.will_store(parent.proc, partial);
   for (size_t i = 0; i < partial.size(); ++i) {
     size_t off;
     MemRange m = part(i, &off);

@@ -384,17 +384,6 @@ void* at_own_address(const Piece& pc) { return reinterpret_cast<void*>(pc.addr);
 
 }  // namespace
 
-// A page the master shares with a snapshot costs its first store a
-// copy-on-write fault, 16-22 us on a PVM guest; one MADV_POPULATE_WRITE per
-// run of pages makes the copies without a trap each (5.5 us a page, and
-// about 5 us more at the store: a whole-page join of 512 pages went 11.5 ->
-// 8.8 ms when the merge stored them itself).  Pages already the master's
-// own cost only the walk.  Best effort: where it fails, the stores fault.
-void PtraceMachine::will_store(Proc* p, std::span<const uint64_t> pages) {
-  DETUX_ASSERT(p->is_master);
-  for (const Piece& pc : runs_of(pages)) madvise(at_own_address(pc), pc.count * kPage, kPopulateWrite);
-}
-
 // To or from the master: straight between its pages and the space's, one
 // copy and no buffer.  Between two spaces through a buffer.
 Status PtraceMachine::copy_pages(Proc* from, Proc* to, std::span<const uint64_t> pages) {

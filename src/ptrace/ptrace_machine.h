@@ -147,7 +147,6 @@ class PtraceMachine final : public Machine {
   Result<std::vector<uint8_t>> unchanged_since_snapshot(
       Proc* parent, Proc* child, std::span<const uint64_t> pages) override;
   bool in_place(Proc* p, std::span<const uint64_t> pages) override;
-  void will_store(Proc* p, std::span<const uint64_t> pages) override;
   Status copy_pages(Proc* from, Proc* to, std::span<const uint64_t> pages) override;
   Status take_pages(Proc* child, Proc* parent, std::span<const uint64_t> pages) override;
   Status own_pages(Proc* p, std::span<const MemRange> ranges) override;
