@@ -10,7 +10,6 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -50,6 +49,7 @@ Master* g_master = nullptr;
 thread_local bool t_master_thread = false;
 
 void clear_master_thread() { t_master_thread = false; }
+
 sigjmp_buf* g_entry = nullptr;
 
 [[noreturn]] void child_entry() { siglongjmp(*g_entry, 1); }

@@ -415,8 +415,10 @@ Status PtraceMachine::copy_pages(Proc* from, Proc* to, std::span<const uint64_t>
 // So the pages are dropped and made afresh as zero pages, in one call each
 // per run, before the child's bytes are read into them.  Dropping them
 // loses nothing: the snapshot holds the very same bytes, and if the read
-// fails they are read back from there.  Only for the master's private,
-// anonymous memory (in_place); elsewhere a plain copy.
+// fails they are read back from there.  (Another thread of the master
+// that reads them meanwhile may see zeros; reading what a join is merging
+// into is a race in any case.)  Only for the master's private, anonymous
+// memory (in_place); elsewhere a plain copy.
 Status PtraceMachine::take_pages(Proc* child, Proc* parent, std::span<const uint64_t> pages) {
   if (!parent->is_master || pages.empty() || !in_place(parent, pages))
     return copy_pages(child, parent, pages);
