@@ -238,6 +238,35 @@ long find_tid_offset() {
   return found;
 }
 
+namespace {
+
+// Linux's fork copies no page-table entries of a mapping that has never had
+// an anonymous page: the child faults its code in again, 16 pages around
+// each fault.  A space made that way took 37 faults per dfork + djoin, 13 of
+// them for code it ran.  One anonymous page in each code mapping of the
+// master, the first page written through /proc/self/mem with the byte it
+// already holds (a debugger's breakpoint, minus the breakpoint), makes
+// every later fork copy the code entries the master has: 24 faults, and
+// 2.10-2.15 -> 2.03-2.06 ms a dfork + djoin (a loop of 300, three runs
+// each, alternating).  A library loaded later is not done; nothing else
+// changes.
+void copy_code_entries_at_fork(int maps_fd) {
+  int mem = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+  if (mem < 0) return;
+  Vma v;
+  for (uint64_t at = 0;
+       vma_at_or_after(maps_fd, at, kVmaExecutable | kVmaFileBacked, &v) == VmaAnswer::kFound;
+       at = v.end) {
+    if (v.writable || v.shared) continue;
+    unsigned char b;
+    if (pread(mem, &b, 1, static_cast<off_t>(v.start)) == 1)
+      (void)!pwrite(mem, &b, 1, static_cast<off_t>(v.start));
+  }
+  close(mem);
+}
+
+}  // namespace
+
 void prepare_master_mappings() {
   constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE, Linux 5.14
   constexpr uint64_t kMaxPrepared = 1 << 20;  // libraries' data, not a mapped data file
@@ -249,6 +278,7 @@ void prepare_master_mappings() {
     if (!v.shared && v.end - v.start <= kMaxPrepared)
       madvise(reinterpret_cast<void*>(v.start), v.end - v.start, kPopulateWrite);
   }
+  copy_code_entries_at_fork(fd);
   close(fd);
 }
 

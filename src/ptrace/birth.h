@@ -67,7 +67,10 @@ long find_tid_offset();
 // birth would.  The copies hold the same bytes; the one difference the
 // master could see is that a later change to such a file no longer shows in
 // the pages it never wrote (which POSIX leaves unspecified anyway).  A space
-// forked afterwards finds them done and copies nothing.
+// forked afterwards finds them done and copies nothing.  And it gives each
+// of its code mappings one anonymous page (same bytes), so that a fork
+// copies the code's page-table entries instead of the space faulting them
+// in again (birth.cc, copy_code_entries_at_fork).
 void prepare_master_mappings();
 
 // Exec in a space (ptrace/exec.cc): a fresh child of the master that will

@@ -25,6 +25,7 @@ struct Vma {
 
 enum VmaNeed : uint64_t {
   kVmaWritable = 0x02,
+  kVmaExecutable = 0x04,
   kVmaShared = 0x08,
   kVmaFileBacked = 0x20,
 };
