@@ -247,9 +247,8 @@ namespace {
 // master, the first page written through /proc/self/mem with the byte it
 // already holds (a debugger's breakpoint, minus the breakpoint), makes
 // every later fork copy the code entries the master has: 24 faults, and
-// 2.10-2.15 -> 2.03-2.06 ms a dfork + djoin (a loop of 300, three runs
-// each, alternating).  A library loaded later is not done; nothing else
-// changes.
+// 2.21 -> 2.14 ms a dfork + djoin (medians of six runs of a loop of 300,
+// alternating).  A library loaded later is not done; nothing else changes.
 void copy_code_entries_at_fork(int maps_fd) {
   int mem = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
   if (mem < 0) return;
