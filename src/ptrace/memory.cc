@@ -264,17 +264,16 @@ Status PtraceMachine::write(Proc* p, uint64_t addr, const void* buf, size_t len)
 // The master's memory is this process's own, so a move to or from it is one
 // process_vm_writev/readv with the master's range as the local side: Linux
 // checks that side too, and a bad range is -EFAULT, never a fault here.
-// Between two spaces the bytes go through a buffer, 16 MiB at a time.
+// Between two spaces the bytes go through the staging buffer (copy_pages).
 Status PtraceMachine::move(Proc* from, uint64_t src, Proc* to, uint64_t dst, size_t len) {
   DETUX_ASSERT(!(from->is_master && to->is_master));
   if (from->is_master) return transfer(to->pid, true, dst, reinterpret_cast<void*>(src), len);
   if (to->is_master) return transfer(from->pid, false, src, reinterpret_cast<void*>(dst), len);
-  constexpr size_t kChunk = 16 << 20;
-  PageBuffer buf = page_buffer(std::min(len, kChunk));
+  constexpr size_t kChunk = kStagingPages * kPage;
   for (size_t off = 0; off < len; off += kChunk) {
     size_t n = std::min(kChunk, len - off);
-    if (Status s = transfer(from->pid, false, src + off, buf.get(), n); !s.ok()) return s;
-    if (Status s = transfer(to->pid, true, dst + off, buf.get(), n); !s.ok()) return s;
+    if (Status s = transfer(from->pid, false, src + off, staging_.get(), n); !s.ok()) return s;
+    if (Status s = transfer(to->pid, true, dst + off, staging_.get(), n); !s.ok()) return s;
   }
   return ok_status();
 }
@@ -384,50 +383,54 @@ void* at_own_address(const Piece& pc) { return reinterpret_cast<void*>(pc.addr);
 
 }  // namespace
 
-// To or from the master: straight between its pages and the space's, one
-// copy and no buffer.  Between two spaces through a buffer.
+// Through the staging buffer, 256 pages at a time: read from `from`, then
+// written to `to`, both by pid (the master's own too), so Linux reaches each
+// end's pages through their page tables and never through the master's
+// addresses for them.  On a PVM guest that matters: the kernel's first
+// access to each page by a user address of the running master costs about
+// 7 us (the host builds its shadow entry), where the staging buffer, reused,
+// costs 0.5-0.8 us and a page reached through its page table 0.6-0.7 us
+// (a stand-alone test, 2048 pages from a stopped process into fresh pages
+// of the caller: 7.6-11.2 us a page read straight in, 2.1-2.2 us staged).
+// From the master the bytes go straight across: reading its pages by pid
+// would pin them, and pinning a page a snapshot shares makes Linux copy it.
 Status PtraceMachine::copy_pages(Proc* from, Proc* to, std::span<const uint64_t> pages) {
-  std::vector<Piece> pieces = runs_of(pages);
-  if (to->is_master) return move_pieces(from->pid, false, pieces, at_own_address);
-  if (from->is_master) return move_pieces(to->pid, true, pieces, at_own_address);
-  constexpr size_t kBatch = 256;  // pages through the buffer at a time
-  PageBuffer buf = page_buffer(std::min(pages.size(), kBatch) * kPage);
-  for (size_t i = 0; i < pages.size(); i += kBatch) {
-    auto part = pages.subspan(i, std::min(kBatch, pages.size() - i));
-    DETUX_TRY(batch_rw(from->pid, false, part, buf.get()));
-    DETUX_TRY(batch_rw(to->pid, true, part, buf.get()));
+  if (from->is_master) return move_pieces(to->pid, true, runs_of(pages), at_own_address);
+  for (size_t i = 0; i < pages.size(); i += kStagingPages) {
+    auto part = pages.subspan(i, std::min(kStagingPages, pages.size() - i));
+    DETUX_TRY(batch_rw(from->pid, false, part, staging_.get()));
+    DETUX_TRY(batch_rw(to->pid, true, part, staging_.get()));
   }
   return ok_status();
 }
 
 // The master's pages a merge takes whole are still shared with the child's
-// snapshot, so the first store into each, even the kernel's own from
-// process_vm_readv, is a copy-on-write break: a copy of a page about to be
-// overwritten, and a TLB flush for each.  On a PVM guest (a stand-alone
-// test, 2048 pages the master shared with a stopped process, the new bytes
-// read from another):
+// snapshot, so the first store into each, even the kernel's own, is a
+// copy-on-write break: a copy of a page about to be overwritten, and a TLB
+// flush for each.  On a PVM guest (a stand-alone test, 2048 pages the
+// master shared with a stopped process, the new bytes read from another):
 //   process_vm_readv straight in                       17.6-18.8 us a page
 //   MADV_POPULATE_WRITE, then process_vm_readv          12.0-12.8
 //   MADV_DONTNEED, MADV_POPULATE_WRITE, readv            7.4-7.6
+//   the same, then staged (copy_pages)                   2.1-2.2
 //   (a store of the master's own, for comparison)       16.1-16.3
-// The first user access to each page afterwards costs about 5.5 us in the
-// first three (the host's shadow of the new entry), nothing in the last.
-// So the pages are dropped and made afresh as zero pages, in one call each
-// per run, before the child's bytes are read into them.  Dropping them
-// loses nothing: the snapshot holds the very same bytes, and if the read
-// fails they are read back from there.  (Another thread of the master
-// that reads them meanwhile may see zeros; reading what a join is merging
-// into is a race in any case.)  Only for the master's private, anonymous
-// memory (in_place); elsewhere a plain copy.
+// The program's first access to each page afterwards costs about 5.5 us
+// in all but the last.  So the pages are dropped and made afresh as zero
+// pages, one call each per run, and the child's bytes are staged into them.
+// Dropping them loses nothing: the snapshot holds the very same bytes, and
+// if the copy fails they are read back from there.  (Another thread of the
+// master that reads them meanwhile may see zeros; reading what a join is
+// merging into is a race in any case.)  Only for the master's private,
+// anonymous memory (in_place); elsewhere a plain copy.
 Status PtraceMachine::take_pages(Proc* child, Proc* parent, std::span<const uint64_t> pages) {
   if (!parent->is_master || pages.empty() || !in_place(parent, pages))
     return copy_pages(child, parent, pages);
   std::vector<Piece> pieces = runs_of(pages);
-  for (const Piece& pc : pieces) {  // best effort: where it fails, the reads fault as before
+  for (const Piece& pc : pieces) {  // best effort: where it fails, the copy faults as before
     void* at = at_own_address(pc);
     if (madvise(at, pc.count * kPage, MADV_DONTNEED) == 0) madvise(at, pc.count * kPage, kPopulateWrite);
   }
-  Status s = move_pieces(child->pid, false, pieces, at_own_address);
+  Status s = copy_pages(child, parent, pages);
   if (s.ok()) return s;
   DETUX_ASSERT(child->ref_pid > 0);  // unchanged_since_snapshot said so
   int fd = cached_proc(child->ref_pid, "mem", &child->ref_mem_fd);
