@@ -19,6 +19,7 @@
 
 #include "kernel/machine.h"
 #include "kernel/space.h"
+#include "util/page_buffer.h"
 
 namespace detux {
 
@@ -96,6 +97,10 @@ class Kernel {
   long max_space_bytes_ = 16L << 30;
   bool trace_ = false;
   std::map<std::string, std::vector<uint8_t>> images_;
+  // A merge's buffers (memops.cc): the child's pages, its snapshot's, and
+  // the results.  Kept while up to 4 MiB each.
+  static constexpr size_t kScratchKept = 4 << 20;
+  ScratchPages theirs_{kScratchKept}, ref_{kScratchKept}, results_{kScratchKept};
 };
 
 }  // namespace detux

@@ -237,11 +237,11 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
   if (partial.size() <= kInPlaceMax && m_.in_place(parent.proc, partial))
     return merge_in_place(parent, child, addr, len, whole, partial);
   std::vector<uint64_t> changed;
-  PageBuffer results = page_buffer(partial.size() * kPage);
-  if (long r = merge_pages(parent, child, addr, len, partial, &changed, results.get()); r < 0)
+  uint8_t* results = results_.get(partial.size() * kPage);
+  if (long r = merge_pages(parent, child, addr, len, partial, &changed, results); r < 0)
     return r;
   if (Status s = m_.take_pages(child.proc, parent.proc, whole); !s.ok()) return s.err();
-  Status s = m_.write_pages(parent.proc, changed, results.get());
+  Status s = m_.write_pages(parent.proc, changed, results);
   return s.ok() ? 0 : s.err();
 }
 
@@ -253,9 +253,10 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
 long Kernel::merge_in_place(Space& parent, Space& child, uint64_t addr, uint64_t len,
                             const std::vector<uint64_t>& whole,
                             const std::vector<uint64_t>& partial) {
-  PageBuffer theirs = page_buffer(partial.size() * kPage), ref = page_buffer(partial.size() * kPage);
-  if (Status s = m_.read_pages(child.proc, false, partial, theirs.get()); !s.ok()) return s.err();
-  if (Status s = m_.read_pages(child.proc, true, partial, ref.get()); !s.ok()) return s.err();
+  uint8_t* theirs = theirs_.get(partial.size() * kPage);
+  uint8_t* ref = ref_.get(partial.size() * kPage);
+  if (Status s = m_.read_pages(child.proc, false, partial, theirs); !s.ok()) return s.err();
+  if (Status s = m_.read_pages(child.proc, true, partial, ref); !s.ok()) return s.err();
   // The part of page i to merge: at the parent's own address, and at the
   // same offset in the buffers.
   auto part = [&](size_t i, size_t* off) {
@@ -339,12 +340,13 @@ long Kernel::merge_pages(Space& parent, Space& child, uint64_t addr, uint64_t le
                          uint8_t* results) {
   constexpr size_t kBatch = 256;
   const size_t cap = std::min(pages.size(), kBatch) * kPage;
-  PageBuffer theirs = page_buffer(cap), ref = page_buffer(cap);
+  uint8_t* theirs = theirs_.get(cap);
+  uint8_t* ref = ref_.get(cap);
   for (size_t at = 0; at < pages.size(); at += kBatch) {
     std::span<const uint64_t> part(pages.data() + at, std::min(kBatch, pages.size() - at));
     uint8_t* mine = results + changed->size() * kPage;
-    if (Status s = m_.read_pages(child.proc, false, part, theirs.get()); !s.ok()) return s.err();
-    if (Status s = m_.read_pages(child.proc, true, part, ref.get()); !s.ok()) return s.err();
+    if (Status s = m_.read_pages(child.proc, false, part, theirs); !s.ok()) return s.err();
+    if (Status s = m_.read_pages(child.proc, true, part, ref); !s.ok()) return s.err();
     if (Status s = m_.read_pages(parent.proc, false, part, mine); !s.ok()) return s.err();
     for (size_t i = 0; i < part.size(); ++i) {
       MemRange m = part_of_page(part[i], addr, len);
