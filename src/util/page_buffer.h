@@ -9,6 +9,7 @@
 // of its 3 s of merging reading pages.  These buffers start on a page.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -44,7 +45,7 @@ class ScratchPages {
       return once_.get();
     }
     if (bytes > size_) {
-      size_ = bytes > 2 * size_ ? bytes : (2 * size_ < keep_ ? 2 * size_ : keep_);
+      size_ = std::min(std::max(bytes, 2 * size_), keep_);  // bytes <= keep_
       kept_ = page_buffer(size_);
     }
     return kept_.get();
