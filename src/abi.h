@@ -6,7 +6,14 @@
 // lets exit and exit_group through, and sends everything else to the tracer
 // marked REFUSED or BADARCH, where it faults the space.  Registers:
 //   rax = DETUX_NR, rdi = op, rsi = child, rdx = flags,
-//   r10 = addr, r8 = size, r9 = child_addr;  result in rax.
+//   r10 = addr, r8 = size, r9 = child_addr.
+// The result is the 8 bytes at the stack pointer of the call: the stub zeroes
+// them before the call and the supervisor writes any other result there.  The
+// supervisor then lets the call itself run on, as the unknown number it is
+// (-ENOSYS in rax, which the stub ignores): answering through registers
+// would cost two more ptrace calls per call (PTRACE_GETREGS and _SETREGS).
+// A space that traps without the stub gets its answer at its own stack
+// pointer all the same; if nothing is mapped there, it gets none.
 // A few calls the runtime emulates inside the space (console I/O) are sent
 // back to the space itself as SIGSYS (SECCOMP_RET_TRAP); see filter.h.
 // Only this header is shared by the space-side stubs and the supervisor.

@@ -385,6 +385,61 @@ TEST(DetuxCallAbuse, UndefinedOpsAndFlagsAreBadCalls) {
   EXPECT_NE(out.find("master-ok"), std::string::npos) << out;
 }
 
+// The detux call with the stack pointer at `sp`: where the answer goes
+// (abi.h).  Returns rax, which says nothing.
+long call_at_stack(uint64_t sp, long op, long child, long flags, long addr, long size) {
+  long rax;
+  register long r10 asm("r10") = addr;
+  register long r8 asm("r8") = size;
+  register long r9 asm("r9") = addr;
+  asm volatile("mov %%rsp, %%r12\n\tmov %[sp], %%rsp\n\tsyscall\n\tmov %%r12, %%rsp"
+               : "=a"(rax)
+               : "a"(kDetuxNr), "D"(op), "S"(child), "d"(flags), "r"(r10), "r"(r8), "r"(r9),
+                 [sp] "r"(sp)
+               : "rcx", "r11", "r12", "memory", "cc");
+  return rax;
+}
+
+struct StubFree {
+  long want;      // what the stub returned for the same call
+  long slot;      // the answer found at the stack pointer
+  long rax;       // rax after the call made there
+  long rax_none;  // rax after the call made with nothing mapped at rsp
+  long lived;     // 1 once both calls came back
+};
+StubFree g_stub_free;
+
+TEST(DetuxCallAbuse, ACallWithoutTheStubGetsItsAnswerAtItsStackPointerOrNoneIfUnmapped) {
+  std::string out = twice([](std::string& out) {
+    if (dfork(0) == 0) {
+      static long buf[1];
+      alignas(16) static long stack[4] = {0x1111, 0x1111, 0x1111, 0x1111};
+      const long op = detux::abi::kOpGet;
+      const long get = DET_COPY, addr = reinterpret_cast<long>(buf);
+      g_stub_free.want = dget(7, get, buf, sizeof buf, buf);  // no child 7
+      g_stub_free.rax = call_at_stack(reinterpret_cast<uint64_t>(&stack[2]), op, 7, get, addr, 8);
+      g_stub_free.slot = stack[2];
+      g_stub_free.rax_none = call_at_stack(0x31000000, op, 7, get, addr, 8);
+      g_stub_free.lived = 1;
+      ret_forever();
+    }
+    det_status st = status_of(0);
+    CHECK_EQ(st.state, DET_S_STOPPED);
+    CHECK_EQ(dget(0, DET_COPY, &g_stub_free, sizeof g_stub_free, &g_stub_free), 0L);
+    const StubFree& r = g_stub_free;
+    out += "want " + std::to_string(r.want) + " slot " + std::to_string(r.slot) + " rax " +
+           std::to_string(r.rax) + " rax_none " + std::to_string(r.rax_none) + " lived " +
+           std::to_string(r.lived) + "; ";
+    CHECK(r.want < 0);
+    CHECK_EQ(r.slot, r.want);
+    CHECK_EQ(r.lived, 1L);
+    kill_child(0);
+    master_still_works(out);
+  });
+  note(out);
+  EXPECT_NE(out.find("master-ok"), std::string::npos) << out;
+}
+
 TEST(DetuxCallAbuse, TrapFlagSetAcrossAForkFaultsTheSpaceAndLeavesNothingBehind) {
   // TF set by popf just before the call: the supervisor's injected clone
   // runs with the space's flags, and the space traps right after the call.

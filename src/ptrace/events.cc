@@ -7,6 +7,7 @@
 // stop of a space sends SIGCHLD to its tracer, so no stop is missed, and a
 // short slice bounds the sleep in case another thread consumed the SIGCHLD.
 #include <errno.h>
+#include <linux/audit.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/ptrace.h>
@@ -127,24 +128,32 @@ bool PtraceMachine::decode(pid_t pid, int st, StopEvent* ev) {
   p->regs_dirty = false;
   p->regs_valid = false;  // a new stop
   if (is_event(st, PTRACE_EVENT_SECCOMP)) {
-    unsigned long data = 0;
-    ptrace(PTRACE_GETEVENTMSG, pid, nullptr, &data);
-    if (fetch_regs(p).ok() == false) return false;
+    // One ptrace call for the filter's mark, the number and the arguments;
+    // the registers are read only if something needs them (abi.h).
+    __ptrace_syscall_info info{};
+    if (ptrace(PTRACE_GET_SYSCALL_INFO, pid, sizeof info, &info) <= 0 ||
+        info.op != PTRACE_SYSCALL_INFO_SECCOMP)
+      return false;
     p->stop = StopKind::kSyscall;
-    const user_regs_struct& r = p->regs;
+    const unsigned long data = info.seccomp.ret_data;
+    const auto& a = info.seccomp.args;
     // Only the detux call itself is one (a program's own stacked filter
     // could mark another call so; it is refused instead).
-    if (data == abi::kSeccompCall && static_cast<long>(r.orig_rax) == abi::kSyscallNr) {
-      if (p->loading) p->gadget = r.r9;  // kOpBirth names it (inject checks it)
+    if (data == abi::kSeccompCall && static_cast<long>(info.seccomp.nr) == abi::kSyscallNr &&
+        info.arch == AUDIT_ARCH_X86_64) {
+      if (p->loading) p->gadget = a[5];  // kOpBirth names it (inject checks it)
       p->loading = false;  // the space filter is on: it is confined now
       p->call_pending = true;
+      p->call_sp = info.stack_pointer;
       ev->kind = StopEvent::kCall;
-      ev->op = static_cast<long>(r.rdi);
-      ev->child = r.rsi;
-      ev->flags = static_cast<long>(r.rdx);
-      ev->addr = r.r10, ev->size = r.r8, ev->child_addr = r.r9;
+      ev->op = static_cast<long>(a[0]);
+      ev->child = a[1];
+      ev->flags = static_cast<long>(a[2]);
+      ev->addr = a[3], ev->size = a[4], ev->child_addr = a[5];
       return true;
     }
+    if (fetch_regs(p).ok() == false) return false;
+    const user_regs_struct& r = p->regs;
     if (data == abi::kSeccompRefused && answer_query(p)) return false;
     if (data == abi::kSeccompLoad && p->loading && load_call(p)) return false;
     ev->kind = StopEvent::kFault;

@@ -18,10 +18,14 @@ detux_gadget:
 	.type detux_trap, @function
 	.p2align 4
 detux_trap:
-	/* long detux_trap(op, child, flags, addr, size, child_addr) */
+	/* long detux_trap(op, child, flags, addr, size, child_addr)
+	 * The answer comes in the slot at the stack pointer of the call, which
+	 * the supervisor writes unless the answer is 0; rax says nothing. */
 	movq %rcx, %r10
+	pushq $0
 	movl $0xde7, %eax
 	syscall
+	popq %rax
 	ret
 	.size detux_trap, .-detux_trap
 /* Where a space the master made starts: the supervisor points rip here,

@@ -222,7 +222,14 @@ Result<Proc*> PtraceMachine::fork_space(Proc* parent, bool snapshot, bool starte
   auto child = inject_clone(parent);
   if (!child.ok()) return Err{child.err()};
   Proc* c = adopt(*child, *parent);
-  // The child continues from the parent's call, which returns DET_CHILD.
+  // The child continues from the parent's call, which returns DET_CHILD in
+  // the answer's slot (abi.h).
+  const long answer = DET_CHILD;
+  Status told = write(c, parent->call_sp, &answer, sizeof answer);
+  if (!told.ok()) {
+    destroy(c);
+    return Err{told.err()};
+  }
   c->regs = at_call;
   c->regs.rax = DET_CHILD;
   c->regs.orig_rax = static_cast<unsigned long long>(-1);
@@ -320,9 +327,15 @@ Status PtraceMachine::resume(Proc* p, long result) {
   }
   if (p->stop == StopKind::kDead || p->stop == StopKind::kExit) return Err{-ESRCH};
   if (p->stop == StopKind::kRunning) return ok_status();
-  if (p->call_pending || p->stop == StopKind::kSyscall) {
+  // The answer goes to the slot the stub reads (abi.h); 0 is there already.
+  // A slot the space unmapped gets nothing: that space called without the stub.
+  if (p->call_pending && result != 0) (void)write(p, p->call_sp, &result, sizeof result);
+  // A call at its stop with registers untouched runs on as the unknown
+  // number it is; anything else skips the system call and never restarts it.
+  const bool runs_on =
+      p->call_pending && p->stop == StopKind::kSyscall && !p->regs_valid && !p->regs_dirty;
+  if (!runs_on && (p->call_pending || p->stop == StopKind::kSyscall)) {
     DETUX_TRY(fetch_regs(p));
-    // Skip the system call (if at one) and never restart it.
     p->regs.orig_rax = static_cast<unsigned long long>(-1);
     if (p->call_pending) p->regs.rax = static_cast<unsigned long long>(result);
     else p->regs.rax = static_cast<unsigned long long>(-ENOSYS);  // a refused call

@@ -49,7 +49,8 @@ struct Proc {
   pid_t pid = 0;
   bool is_master = false;
   StopKind stop = StopKind::kRunning;
-  bool call_pending = false;  // resume() sets rax to the call's result
+  bool call_pending = false;  // resume() answers the call (abi.h)
+  uint64_t call_sp = 0;       // its stack pointer: the answer's slot
   user_regs_struct regs{};    // the registers of the current stop, when valid
   bool regs_valid = false;    // regs were read (or written) at this stop
   bool regs_dirty = false;    // regs were changed here and not yet written
