@@ -157,7 +157,7 @@ void PtraceMachine::to_background(Proc* p) {
 // An injection makes the space run a system call while the master waits for
 // it, stop by stop (seccomp, clone event, int3).  At SCHED_IDLE each stop
 // first waited for the leaves computing on that CPU to yield it (0.15-0.4 ms
-// a stop measured under load, see the README), so for the injection the
+// a stop measured under load, see docs/performance.md), so for the injection the
 // space runs at normal priority: qsort 1M at N = 2, whose inner spaces fork
 // their leaves this way, 0.060-0.063 -> 0.055-0.061 s (4 alternating pairs).
 PtraceMachine::InForeground::InForeground(Proc* p) : p_(p->background ? p : nullptr) {
