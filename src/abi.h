@@ -9,11 +9,16 @@
 //   r10 = addr, r8 = size, r9 = child_addr.
 // The result is the 8 bytes at the stack pointer of the call: the stub zeroes
 // them before the call and the supervisor writes any other result there.  The
-// supervisor then lets the call itself run on, as the unknown number it is
-// (-ENOSYS in rax, which the stub ignores): answering through registers
-// would cost two more ptrace calls per call (PTRACE_GETREGS and _SETREGS).
+// supervisor then lets the call itself run on, as the unknown number it is,
+// which leaves -ENOSYS in rax: answering through registers would cost two
+// more ptrace calls per call (PTRACE_GETREGS and _SETREGS).  Where it does
+// set registers anyway (another step at that stop needed them), rax holds the
+// result too.  So the stub takes the slot when rax is -ENOSYS and rax
+// otherwise: a call that never reached the supervisor (a program's own
+// filter answered it with an errno) still returns that error.
 // A space that traps without the stub gets its answer at its own stack
-// pointer all the same; if nothing is mapped there, it gets none.
+// pointer all the same; if nothing is mapped there, it gets none.  A backend
+// inside the kernel would write the same slot (and may set rax too).
 // A few calls the runtime emulates inside the space (console I/O) are sent
 // back to the space itself as SIGSYS (SECCOMP_RET_TRAP); see filter.h.
 // Only this header is shared by the space-side stubs and the supervisor.

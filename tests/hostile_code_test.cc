@@ -84,7 +84,7 @@ int find_gadget_cb(dl_phdr_info* info, size_t, void* data) {
     uint64_t lo = info->dlpi_addr + ph.p_vaddr, hi = lo + ph.p_memsz;
     if (dput_at < lo || dput_at >= hi) continue;
     static const uint8_t trap[] = {0x49, 0x89, 0xca, 0x6a, 0x00, 0xb8, 0xe7,
-                                   0x0d, 0x00, 0x00, 0x0f, 0x05, 0x58, 0xc3};
+                                   0x0d, 0x00, 0x00, 0x0f, 0x05, 0x59};
     for (uint64_t a = (lo + 15) & ~15ULL; a + 16 + sizeof trap <= hi; a += 16) {
       auto* p = reinterpret_cast<uint8_t*>(a);
       if (p[0] == 0x0f && p[1] == 0x05 && p[2] == 0xcc &&

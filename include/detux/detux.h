@@ -171,7 +171,10 @@ enum det_state {
 };
 enum det_fault {
   DET_FAULT_NONE = 0,
-  DET_FAULT_SIGNAL = 1,  /* a processor fault or kill: signal, addr */
+  DET_FAULT_SIGNAL = 1,  /* a processor fault or kill: signal, addr.  A
+                            child killed from outside (SIGKILL) is gone:
+                            every call on it but Get DET_STATUS and Put
+                            DET_KILL returns -ESRCH */
   DET_FAULT_SYSCALL = 2, /* a refused Linux system call: syscall */
   DET_FAULT_BADCALL = 3, /* a detux call with undefined op or flag bits */
 };

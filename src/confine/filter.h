@@ -27,7 +27,7 @@
 // own stack, which is deterministic (a garbage frame faults the space).
 // Every other
 // outcome stops the space at a PTRACE_EVENT_SECCOMP stop, where the
-// supervisor reads SECCOMP_RET_DATA with PTRACE_GETEVENTMSG and either
+// supervisor reads SECCOMP_RET_DATA with PTRACE_GET_SYSCALL_INFO and either
 // serves the detux call or faults the space.
 //
 // The filter is written with libseccomp and exported as a classic BPF

@@ -178,6 +178,8 @@ long Kernel::act_on_stopped(Space& caller, Space& child, const Call& c) {
     long w = wait_stopped(child);
     if (w < 0) return w;
   }
+  const bool status_only = c.op == abi::kOpGet && !(c.flags & ~(DET_STATUS | DET_DONT_WAIT));
+  if (child.gone && !status_only) return -ESRCH;
   return c.op == abi::kOpPut ? do_put(caller, child, c) : do_get(caller, child, c);
 }
 
@@ -347,6 +349,7 @@ void Kernel::handle(const StopEvent& ev) {
       on_stop(s);
       return;
     case StopEvent::kGone:
+      s.gone = true;
       if (s.run != Space::Run::kExited)
         fault(s, DET_FAULT_SIGNAL, ev.signal ? ev.signal : SIGKILL, 0, 0);
       s.run = Space::Run::kExited;  // nothing left to run or inspect

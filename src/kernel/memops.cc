@@ -4,7 +4,10 @@
 // and the whole pages Zero replaces).  A range that wraps or leaves user
 // space is -EINVAL; one that touches memory that is not there is -EFAULT.
 // Memory a space gains (mapping holes) counts against its limit before any
-// change is made, so hitting the limit changes nothing.
+// change is made, so hitting the limit changes nothing, with one exception:
+// a Copy first tries the common case, a mapped destination, and may have
+// moved the bytes before the first hole (a failed Copy may leave part of
+// itself, as the header says).
 #include <errno.h>
 #include <fmt/core.h>
 #include <sys/mman.h>
@@ -101,20 +104,27 @@ long Kernel::zero_range(Space& s, uint64_t addr, uint64_t len, unsigned long fla
   uint64_t first = page_up(addr), last = page_down(addr + len);
   int prot = (flags & DET_PERM) ? prot_bits(flags) : PROT_READ | PROT_WRITE;
   std::vector<uint8_t> zeros(kPage, 0);
-  // Partial pages at the ends: written with zeros (must be mapped, writable).
   if (first > last) return m_.write(s.proc, addr, zeros.data(), len).ok() ? 0 : -EFAULT;
-  if (addr < first && !m_.write(s.proc, addr, zeros.data(), first - addr).ok()) return -EFAULT;
-  if (addr + len > last && !m_.write(s.proc, last, zeros.data(), addr + len - last).ok())
-    return -EFAULT;
-  if (first == last) return 0;
   MemRange whole{first, last - first};
-  auto gaps = m_.holes(s.proc, whole);
-  if (!gaps.ok()) return gaps.err();
   uint64_t missing = 0;
-  for (const MemRange& h : *gaps) missing += h.len;
-  if (long g = gain(s, missing); g < 0) return g;
+  if (first < last) {  // the limit first: hitting it changes nothing
+    auto gaps = m_.holes(s.proc, whole);
+    if (!gaps.ok()) return gaps.err();
+    for (const MemRange& h : *gaps) missing += h.len;
+    if (long g = gain(s, missing); g < 0) return g;
+  }
+  auto failed = [&](long err) {  // nothing was mapped: the gain goes back
+    if (!s.is_master) s.bytes_gained -= missing;
+    return err;
+  };
+  // Partial pages at the ends: written with zeros (must be mapped, writable).
+  if (addr < first && !m_.write(s.proc, addr, zeros.data(), first - addr).ok())
+    return failed(-EFAULT);
+  if (addr + len > last && !m_.write(s.proc, last, zeros.data(), addr + len - last).ok())
+    return failed(-EFAULT);
+  if (first == last) return 0;
   Status st = m_.map_zero(s.proc, whole, prot);
-  return st.ok() ? 0 : st.err();
+  return st.ok() ? 0 : failed(st.err());
 }
 
 long Kernel::perm_range(Space& s, uint64_t addr, uint64_t len, unsigned long flags) {
@@ -213,6 +223,8 @@ Result<std::vector<uint64_t>> Kernel::child_dirty(Space& child, uint64_t addr, u
 // four siblings' blocks share each page).
 long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t len) {
   if (len == 0) return 0;
+  child.status.conflict = 0;  // it tells of the last merge only
+  child.status.conflict_addr = 0;
   MemRange span;
   auto dirty = child_dirty(child, addr, len, &span);
   if (!dirty.ok()) return dirty.err();

@@ -45,6 +45,9 @@ struct Space {
   std::map<det_child_t, std::unique_ptr<Space>> children;
 
   Run run = Run::kStopped;
+  // Its process is reaped (killed from outside): its pid may name another
+  // process now, so nothing but its status and its kill is done to it.
+  bool gone = false;
   det_status status{};  // fault, exit and conflict details
   // Set while this space waits in a Put or Get on a running child.
   std::optional<Call> pending;

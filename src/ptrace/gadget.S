@@ -20,12 +20,15 @@ detux_gadget:
 detux_trap:
 	/* long detux_trap(op, child, flags, addr, size, child_addr)
 	 * The answer comes in the slot at the stack pointer of the call, which
-	 * the supervisor writes unless the answer is 0; rax says nothing. */
+	 * the supervisor writes unless the answer is 0, when rax is -ENOSYS (the
+	 * call ran on); otherwise rax is the answer (src/abi.h). */
 	movq %rcx, %r10
 	pushq $0
 	movl $0xde7, %eax
 	syscall
-	popq %rax
+	popq %rcx		/* syscall clobbered rcx anyway */
+	cmpq $-38, %rax
+	cmoveq %rcx, %rax
 	ret
 	.size detux_trap, .-detux_trap
 /* Where a space the master made starts: the supervisor points rip here,

@@ -223,13 +223,9 @@ Result<Proc*> PtraceMachine::fork_space(Proc* parent, bool snapshot, bool starte
   if (!child.ok()) return Err{child.err()};
   Proc* c = adopt(*child, *parent);
   // The child continues from the parent's call, which returns DET_CHILD in
-  // the answer's slot (abi.h).
-  const long answer = DET_CHILD;
-  Status told = write(c, parent->call_sp, &answer, sizeof answer);
-  if (!told.ok()) {
-    destroy(c);
-    return Err{told.err()};
-  }
+  // the answer's slot (abi.h), written when it starts: a Copy or Zero into
+  // the child before then may cover the slot.
+  c->fork_answer_sp = parent->call_sp;
   c->regs = at_call;
   c->regs.rax = DET_CHILD;
   c->regs.orig_rax = static_cast<unsigned long long>(-1);
@@ -306,6 +302,8 @@ void PtraceMachine::destroy(Proc* p) {
   // collapse fails on them (heap.cc).
   if (p->background && p->stop != StopKind::kDead) set_policy(p->pid, SCHED_OTHER);
   if (p->stop != StopKind::kDead) kill_later(p->pid, p->stop);
+  // A stop found early (a failed birth) must not outlive its Proc.
+  std::erase_if(pending_, [p](const StopEvent& e) { return e.proc == p; });
   procs_.erase(p->pid);
 }
 
@@ -330,15 +328,23 @@ Status PtraceMachine::resume(Proc* p, long result) {
   // The answer goes to the slot the stub reads (abi.h); 0 is there already.
   // A slot the space unmapped gets nothing: that space called without the stub.
   if (p->call_pending && result != 0) (void)write(p, p->call_sp, &result, sizeof result);
+  if (p->fork_answer_sp) {  // a space's fork, started: its copy of the call returns DET_CHILD
+    const long child = DET_CHILD;
+    (void)write(p, p->fork_answer_sp, &child, sizeof child);
+    p->fork_answer_sp = 0;
+  }
   // A call at its stop with registers untouched runs on as the unknown
   // number it is; anything else skips the system call and never restarts it.
   const bool runs_on =
       p->call_pending && p->stop == StopKind::kSyscall && !p->regs_valid && !p->regs_dirty;
   if (!runs_on && (p->call_pending || p->stop == StopKind::kSyscall)) {
     DETUX_TRY(fetch_regs(p));
+    // orig_rax is -1 already where the parent put registers (set_regs): its
+    // rax is the answer then, even to a refused call.
+    const bool skipped = p->regs.orig_rax == static_cast<unsigned long long>(-1);
     p->regs.orig_rax = static_cast<unsigned long long>(-1);
     if (p->call_pending) p->regs.rax = static_cast<unsigned long long>(result);
-    else p->regs.rax = static_cast<unsigned long long>(-ENOSYS);  // a refused call
+    else if (!skipped) p->regs.rax = static_cast<unsigned long long>(-ENOSYS);  // a refused call
     p->regs_dirty = true;
   }
   if (p->regs_dirty && ptrace(PTRACE_SETREGS, p->pid, nullptr, &p->regs) != 0)
@@ -390,8 +396,11 @@ Result<long> PtraceMachine::inject(Proc* p, long nr, const long (&args)[6], pid_
   if (ptrace(PTRACE_CONT, p->pid, nullptr, nullptr) != 0) return Err{-ESRCH};
   while (!done) {
     DETUX_TRY(wait_pid(p->pid, &st));
-    if (WIFEXITED(st) || WIFSIGNALED(st)) {
-      p->stop = StopKind::kDead;
+    if (WIFEXITED(st) || WIFSIGNALED(st) || is_event(st, PTRACE_EVENT_EXIT)) {
+      // Killed from outside meanwhile: this was the only report of it, so it
+      // is kept for next_event(), or the space's parent would wait forever.
+      StopEvent ev;
+      if (decode(p->pid, st, &ev)) pending_.push_back(ev);
       return Err{-ESRCH};
     }
     if (is_event(st, PTRACE_EVENT_SECCOMP)) {
@@ -413,9 +422,6 @@ Result<long> PtraceMachine::inject(Proc* p, long nr, const long (&args)[6], pid_
       unsigned long msg = 0;
       ptrace(PTRACE_GETEVENTMSG, p->pid, nullptr, &msg);
       if (forked) *forked = static_cast<pid_t>(msg);
-    } else if (is_event(st, PTRACE_EVENT_EXIT)) {
-      p->stop = StopKind::kExit;
-      return Err{-ESRCH};
     } else if (WIFSTOPPED(st) && (st >> 16) == 0) {
       user_regs_struct now;
       ptrace(PTRACE_GETREGS, p->pid, nullptr, &now);
@@ -474,6 +480,7 @@ Status PtraceMachine::set_regs(Proc* p, const det_regs& in) {
   r.orig_rax = static_cast<unsigned long long>(-1);
   // Explicit registers replace the result of whatever call it stopped in.
   p->call_pending = false;
+  p->fork_answer_sp = 0;
   if (ptrace(PTRACE_SETREGS, p->pid, nullptr, &r) != 0) {
     p->regs_dirty = p->regs_valid = false;
     (void)fetch_regs(p);
