@@ -3,7 +3,8 @@
 // review of the call and merge paths found (December 7): a space's fork
 // whose answer a Copy could overwrite, a parent's registers losing their rax,
 // a stale event after a failed birth, a conflict flag that outlived its
-// merge, and a Zero that wrote before it hit the memory limit.
+// merge, a conflicting merge that left new mappings in the parent, and a Zero
+// that wrote before it hit the memory limit.
 #include <errno.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -169,6 +170,38 @@ TEST(Answers, TheConflictFlagTellsOfTheLastMergeOnly) {
     kill_child(0);
   });
   EXPECT_EQ(out, "conflict 0 at 0");
+}
+
+constexpr uint64_t kNear = 0x5d0000000000ULL;  // one page mapped here, a hole above it
+
+TEST(Answers, AMergeThatConflictsLeavesNoNewMappingInTheParent) {
+  std::string out = twice([](std::string& out) {
+    auto* y = static_cast<volatile uint8_t*>(mmap(reinterpret_cast<void*>(kNear), kPage,
+                                                  PROT_READ | PROT_WRITE,
+                                                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0));
+    CHECK(y == reinterpret_cast<volatile uint8_t*>(kNear));
+    y[0] = 1;
+    auto* x = reinterpret_cast<volatile uint8_t*>(kNear + kPage);
+    if (dfork(0) == 0) {
+      dget(0, DET_ZERO, const_cast<uint8_t*>(x), kPage, nullptr);  // its own new page
+      x[0] = 5;
+      y[0] = 2;
+      ret_forever();
+    }
+    y[0] = 4;
+    CHECK_EQ(status_of(0).state, DET_S_STOPPED);
+    long r = dget(0, DET_MERGE, reinterpret_cast<void*>(kNear), 2 * kPage, reinterpret_cast<void*>(kNear));
+    det_status st = status_of(0);
+    bool x_mapped = msync(const_cast<uint8_t*>(x), kPage, MS_ASYNC) == 0;
+    out += "merge " + std::to_string(r) + " at +" + std::to_string(st.conflict_addr - kNear) +
+           ", the child's new page mapped in the parent: " + (x_mapped ? "yes" : "no");
+    CHECK_EQ(r, static_cast<long>(-DET_ECONFLICT));
+    CHECK(!x_mapped);
+    CHECK_EQ(y[0], 4);
+    kill_child(0);
+  });
+  EXPECT_EQ(out, "merge " + std::to_string(-DET_ECONFLICT) +
+                     " at +0, the child's new page mapped in the parent: no");
 }
 
 constexpr uint64_t kFar = 0x5e0000000000ULL;  // one page mapped here, holes above it

@@ -74,10 +74,14 @@ class Kernel {
   Result<std::vector<MemRange>> checked_own(Space& caller, Space& s, const Call& c);
   long own_range(Space& child, const Call& c, const std::vector<MemRange>& spans);
   long merge_range(Space& parent, Space& child, uint64_t addr, uint64_t len);
+  long merge_dirty(Space& parent, Space& child, uint64_t addr, uint64_t len, MemRange span,
+                   const std::vector<uint64_t>& pages);
   long refresh_range(Space& parent, Space& child, uint64_t addr, uint64_t len);
   Result<std::vector<uint64_t>> child_dirty(Space& child, uint64_t addr, uint64_t len,
                                             MemRange* span);
-  long map_parent_holes(Space& parent, MemRange span, const std::vector<uint64_t>& pages);
+  long map_parent_holes(Space& parent, MemRange span, const std::vector<uint64_t>& pages,
+                        std::vector<uint64_t>* mapped);
+  void unmap_parent_holes(Space& parent, const std::vector<uint64_t>& mapped);
   long merge_pages(Space& parent, Space& child, uint64_t addr, uint64_t len,
                    const std::vector<uint64_t>& pages, std::vector<uint64_t>* changed,
                    uint8_t* results);

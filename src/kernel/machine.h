@@ -107,6 +107,8 @@ class Machine {
   virtual Status move(Proc* from, uint64_t src, Proc* to, uint64_t dst, size_t len) = 0;
   // Page-aligned.  Map fresh zero pages over [start, end) with prot.
   virtual Status map_zero(Proc* p, MemRange r, int prot) = 0;
+  // Page-aligned.  Unmap what map_zero mapped, for a call that failed.
+  virtual Status unmap(Proc* p, MemRange r) = 0;
   // Page-aligned.  Change protection of mapped pages; fill unmapped holes
   // with zero pages if prot != 0.  Returns the bytes newly mapped.
   virtual Result<uint64_t> protect(Proc* p, MemRange r, int prot) = 0;

@@ -221,6 +221,10 @@ Result<std::vector<uint64_t>> Kernel::child_dirty(Space& child, uint64_t addr, u
 // the child changed it.  That saves two of the four page copies a merged
 // page costs otherwise (lu 2048^2 byte-merges three pages in four, because
 // four siblings' blocks share each page).
+//
+// Pages the child wrote where the parent has nothing are mapped in the
+// parent first (zero pages, counted against its limit), and unmapped again
+// if the merge then fails: a conflict changes nothing, mappings included.
 long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t len) {
   if (len == 0) return 0;
   child.status.conflict = 0;  // it tells of the last merge only
@@ -228,9 +232,17 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
   MemRange span;
   auto dirty = child_dirty(child, addr, len, &span);
   if (!dirty.ok()) return dirty.err();
-  std::vector<uint64_t>& pages = *dirty;
-  if (pages.empty()) return 0;
-  if (long r = map_parent_holes(parent, span, pages); r < 0) return r;
+  if (dirty->empty()) return 0;
+  std::vector<uint64_t> mapped;
+  long r = map_parent_holes(parent, span, *dirty, &mapped);
+  if (r == 0) r = merge_dirty(parent, child, addr, len, span, *dirty);
+  if (r < 0) unmap_parent_holes(parent, mapped);
+  return r;
+}
+
+// merge_range, once the parent has every page the child wrote.
+long Kernel::merge_dirty(Space& parent, Space& child, uint64_t addr, uint64_t len, MemRange span,
+                         const std::vector<uint64_t>& pages) {
   // A page the parent cannot write fails the merge before anything is written.
   auto fixed = m_.read_only(parent.proc, span);
   if (!fixed.ok()) return fixed.err();
@@ -326,19 +338,36 @@ long Kernel::refresh_range(Space& parent, Space& child, uint64_t addr, uint64_t 
   return s.ok() ? 0 : -EFAULT;
 }
 
-// Pages the parent lacks (the child mapped them) are created in the parent.
-long Kernel::map_parent_holes(Space& parent, MemRange span, const std::vector<uint64_t>& pages) {
+// Pages the parent lacks (the child mapped them) are created in the parent,
+// all counted against its limit before the first is mapped; *mapped lists
+// those that were, for unmap_parent_holes should the merge fail.
+long Kernel::map_parent_holes(Space& parent, MemRange span, const std::vector<uint64_t>& pages,
+                              std::vector<uint64_t>* mapped) {
   auto gaps = m_.holes(parent.proc, span);
   if (!gaps.ok()) return gaps.err();
-  for (const MemRange& h : *gaps) {
-    auto first = std::lower_bound(pages.begin(), pages.end(), h.start);
-    for (auto it = first; it != pages.end() && *it < h.end(); ++it) {
-      if (long g = gain(parent, kPage); g < 0) return g;
-      Status s = m_.map_zero(parent.proc, MemRange{*it, kPage}, PROT_READ | PROT_WRITE);
-      if (!s.ok()) return s.err();
+  std::vector<uint64_t> missing;
+  for (const MemRange& h : *gaps)
+    for (auto it = std::lower_bound(pages.begin(), pages.end(), h.start);
+         it != pages.end() && *it < h.end(); ++it)
+      missing.push_back(*it);
+  if (long g = gain(parent, missing.size() * kPage); g < 0) return g;
+  for (uint64_t pg : missing) {
+    Status s = m_.map_zero(parent.proc, MemRange{pg, kPage}, PROT_READ | PROT_WRITE);
+    if (!s.ok()) {
+      if (!parent.is_master) parent.bytes_gained -= (missing.size() - mapped->size()) * kPage;
+      return s.err();
     }
+    mapped->push_back(pg);
   }
   return 0;
+}
+
+// Undoes map_parent_holes: the pages go, and so does their count.
+void Kernel::unmap_parent_holes(Space& parent, const std::vector<uint64_t>& mapped) {
+  for (uint64_t pg : mapped) {
+    (void)m_.unmap(parent.proc, MemRange{pg, kPage});  // best effort: a zero page at worst
+    if (!parent.is_master) parent.bytes_gained -= kPage;
+  }
 }
 
 // Byte-merges `pages` (ascending) within [addr, addr+len).  The pages that

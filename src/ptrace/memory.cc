@@ -555,6 +555,17 @@ Status PtraceMachine::map_zero(Proc* p, MemRange r, int prot) {
   return ok_status();
 }
 
+Status PtraceMachine::unmap(Proc* p, MemRange r) {
+  if (p->is_master)
+    return munmap(reinterpret_cast<void*>(r.start), r.len) == 0 ? ok_status() : Status(Err{-errno});
+  const long args[6] = {static_cast<long>(r.start), static_cast<long>(r.len), 0, 0, 0, 0};
+  auto res = inject(p, SYS_munmap, args);
+  if (!res.ok()) return Err{res.err()};
+  if (*res != 0) return Err{*res};
+  std::erase_if(p->remapped, [&](const MemRange& m) { return m.start == r.start && m.len == r.len; });
+  return ok_status();
+}
+
 Result<uint64_t> PtraceMachine::protect(Proc* p, MemRange r, int prot) {
   auto gaps = holes(p, r);
   if (!gaps.ok()) return Err{gaps.err()};

@@ -138,6 +138,7 @@ class PtraceMachine final : public Machine {
   Status write(Proc* p, uint64_t addr, const void* buf, size_t len) override;
   Status move(Proc* from, uint64_t src, Proc* to, uint64_t dst, size_t len) override;
   Status map_zero(Proc* p, MemRange r, int prot) override;
+  Status unmap(Proc* p, MemRange r) override;
   Result<uint64_t> protect(Proc* p, MemRange r, int prot) override;
   Result<std::vector<MemRange>> holes(Proc* p, MemRange r) override;
   Result<std::vector<MemRange>> read_only(Proc* p, MemRange r) override;
