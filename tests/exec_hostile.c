@@ -8,10 +8,21 @@
  *   exec_hostile create  creates a host file: 5 if refused (ENOENT), 6 if made
  *   exec_hostile overwrite  opens the loader cache for writing (must fault)
  *   exec_hostile time    clock_gettime (must fault: no vDSO, no syscall)
- *   exec_hostile write   write(1, ...) (must fault) */
+ *   exec_hostile write   write(1, ...) (must fault)
+ *   exec_hostile filter-deny   installs a filter that answers every call but
+ *                        exit_group with ENOSYS, the detux call included:
+ *                        9 if refused (EINVAL), 10 if installed
+ *   exec_hostile filter-allow  installs a filter that allows every call:
+ *                        10 if installed, 9 if refused */
+#include <errno.h>
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/auxv.h>
 #include <time.h>
 #include <unistd.h>
@@ -48,6 +59,20 @@ int main(int argc, char** argv) {
   }
   if (!strcmp(what, "write")) {
     return write(1, "escaped\n", 8) == 8 ? 7 : 8;
+  }
+  if (!strcmp(what, "filter-deny") || !strcmp(what, "filter-allow")) {
+    struct sock_filter deny[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_exit_group, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+    };
+    struct sock_filter allow[] = {BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)};
+    struct sock_fprog fp = {4, deny};
+    if (!strcmp(what, "filter-allow")) fp = (struct sock_fprog){1, allow};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return 11;
+    long r = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fp);
+    return r == 0 ? 10 : errno == EINVAL ? 9 : 12;
   }
   return 101;
 }

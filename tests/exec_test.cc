@@ -184,7 +184,8 @@ TEST(Exec, AHostileImageWithoutTheRuntimeCannotReachTheHost) {
   const bool tsc_trapped = detux::confine::tsc_faulting_honoured();
   if (!tsc_trapped)
     std::printf("HOST HOLE: rdtsc does not fault on this machine; the \"tsc\" mode is left out\n");
-  std::vector<const char*> modes = {"read", "vdso", "create", "overwrite", "time", "write"};
+  std::vector<const char*> modes = {"read", "vdso", "create", "overwrite", "time", "write",
+                                    "filter-deny", "filter-allow"};
   if (tsc_trapped) modes.insert(modes.begin() + 2, "tsc");
   std::string victim = "/tmp/detux-exec-victim-" + std::to_string(getpid());
   unlink(victim.c_str());
@@ -212,7 +213,9 @@ TEST(Exec, AHostileImageWithoutTheRuntimeCannotReachTheHost) {
                 "create: child 1 exited 5\n"
                 "overwrite: child 1 killed by signal 31\n"
                 "time: child 1 killed by signal 31\n"
-                "write: child 1 killed by signal 31\n");
+                "write: child 1 killed by signal 31\n"
+                "filter-deny: child 1 exited 9\n"
+                "filter-allow: child 1 exited 10\n");
 }
 
 // A thread (a dfork on a snapshot) that execs has no snapshot of its new

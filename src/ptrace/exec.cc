@@ -35,6 +35,9 @@
 #include <asm/prctl.h>
 #include <fcntl.h>
 #include <link.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
@@ -258,6 +261,26 @@ Decision allow() { return {Verdict::kAllow, 0}; }
 Decision answer(long v) { return {Verdict::kAnswer, v}; }
 Decision refuse() { return {Verdict::kRefuse, 0}; }
 
+// A program may narrow its own calls with more filters while it loads, but
+// not cut itself off from detux: a filter that would not let the detux call
+// through (as a default-deny sandbox answering ENOSYS would) is refused.
+// Otherwise its errno would look, to the stub, like the supervisor's answer 0
+// (abi.h).  Judged for the call with zero arguments from address 0.
+Decision vet_filter(Machine& m, Proc* p, uint64_t fprog_at) {
+  sock_fprog fp{};
+  if (!m.read(p, fprog_at, &fp, sizeof fp).ok()) return answer(-EFAULT);
+  if (fp.len == 0 || fp.len > BPF_MAXINSNS) return allow();  // Linux refuses it itself
+  std::vector<sock_filter> prog(fp.len);
+  if (!m.read(p, reinterpret_cast<uint64_t>(fp.filter), prog.data(), fp.len * sizeof(sock_filter)).ok())
+    return answer(-EFAULT);
+  seccomp_data call{};
+  call.nr = static_cast<int>(abi::kSyscallNr);
+  call.arch = AUDIT_ARCH_X86_64;
+  const uint32_t act = confine::evaluate_filter(prog, call) & SECCOMP_RET_ACTION_FULL;
+  const bool through = act == SECCOMP_RET_ALLOW || act == SECCOMP_RET_LOG || act == SECCOMP_RET_TRACE;
+  return through ? allow() : answer(-EINVAL);
+}
+
 bool opens_read_only(long flags) {
   return (flags & (O_ACCMODE | O_CREAT | O_TRUNC | O_APPEND | __O_TMPFILE)) == 0;
 }
@@ -306,7 +329,7 @@ bool PtraceMachine::load_call(Proc* p) {
       else d = answer(-EINVAL);
       break;
     case SYS_seccomp:  // more filters only narrow; no listener fds
-      d = a0 == SECCOMP_SET_MODE_FILTER && a1 == 0 ? allow() : answer(-EINVAL);
+      d = a0 == SECCOMP_SET_MODE_FILTER && a1 == 0 ? vet_filter(*this, p, a2) : answer(-EINVAL);
       break;
     case SYS_prlimit64: d = a0 == 0 && a2 == 0 ? allow() : answer(-EPERM); break;
     case SYS_set_tid_address: d = answer(kSpaceTid); break;  // a fixed thread id
