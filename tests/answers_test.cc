@@ -3,8 +3,9 @@
 // review of the call and merge paths found (December 7): a space's fork
 // whose answer a Copy could overwrite, a parent's registers losing their rax,
 // a stale event after a failed birth, a conflict flag that outlived its
-// merge, a conflicting merge that left new mappings in the parent, and a Zero
-// that wrote before it hit the memory limit.
+// merge, a conflicting merge that left new mappings in the parent, a refresh
+// that failed on pages the caller had mapped since, and a Zero that wrote
+// before it hit the memory limit.
 #include <errno.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -202,6 +203,37 @@ TEST(Answers, AMergeThatConflictsLeavesNoNewMappingInTheParent) {
   });
   EXPECT_EQ(out, "merge " + std::to_string(-DET_ECONFLICT) +
                      " at +0, the child's new page mapped in the parent: no");
+}
+
+constexpr uint64_t kNew = 0x5c0000000000ULL;  // one page mapped before the fork, one after
+
+TEST(Answers, ARefreshGivesTheChildPagesTheCallerMappedSinceItsSnapshot) {
+  std::string out = twice([](std::string& out) {
+    auto* a = static_cast<volatile uint8_t*>(mmap(reinterpret_cast<void*>(kNew), kPage,
+                                                  PROT_READ | PROT_WRITE,
+                                                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0));
+    CHECK(a == reinterpret_cast<volatile uint8_t*>(kNew));
+    a[0] = 1;
+    if (dfork(0) == 0) ret_forever();
+    CHECK_EQ(status_of(0).state, DET_S_STOPPED);
+    auto* b = static_cast<volatile uint8_t*>(mmap(reinterpret_cast<void*>(kNew + kPage), kPage,
+                                                  PROT_READ | PROT_WRITE,
+                                                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0));
+    CHECK(b == reinterpret_cast<volatile uint8_t*>(kNew + kPage));
+    a[0] = 2;
+    b[0] = 7;
+    long r = dput(0, DET_MERGE, reinterpret_cast<void*>(kNew), 2 * kPage, reinterpret_cast<void*>(kNew));
+    uint8_t seen[2] = {0, 0};
+    if (r == 0) {
+      CHECK_EQ(dget(0, DET_COPY, &seen[0], 1, reinterpret_cast<void*>(kNew)), 0L);
+      CHECK_EQ(dget(0, DET_COPY, &seen[1], 1, reinterpret_cast<void*>(kNew + kPage)), 0L);
+    }
+    out += "refresh " + std::to_string(r) + ", the child has " + std::to_string(seen[0]) + " " +
+           std::to_string(seen[1]);
+    CHECK_EQ(r, 0L);
+    kill_child(0);
+  });
+  EXPECT_EQ(out, "refresh 0, the child has 2 7");
 }
 
 constexpr uint64_t kFar = 0x5e0000000000ULL;  // one page mapped here, holes above it

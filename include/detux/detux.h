@@ -92,7 +92,10 @@ typedef unsigned long det_child_t;
  * which the caller differs from that snapshot.  The child needs a snapshot
  * taken from the caller's memory (a dfork, or an earlier Put MERGE|SNAP),
  * else -EINVAL.  Usually given with DET_SNAP|DET_START, as a barrier does:
- * cost proportional to what changed, not to the size of the range. */
+ * cost proportional to what changed, not to the size of the range.  Pages
+ * the caller mapped since the snapshot are mapped in the child too; pages
+ * it dropped since (munmap, MADV_DONTNEED) are not seen as changed, and the
+ * child keeps what it had there. */
 #define DET_MERGE 0x0010UL
 /* Permissions on page-aligned ranges (else -EINVAL).  Put: the child's
  * [child_addr, +size); Get: the caller's own [addr, +size).  Mapped pages

@@ -79,9 +79,9 @@ class Kernel {
   long refresh_range(Space& parent, Space& child, uint64_t addr, uint64_t len);
   Result<std::vector<uint64_t>> child_dirty(Space& child, uint64_t addr, uint64_t len,
                                             MemRange* span);
-  long map_parent_holes(Space& parent, MemRange span, const std::vector<uint64_t>& pages,
-                        std::vector<uint64_t>* mapped);
-  void unmap_parent_holes(Space& parent, const std::vector<uint64_t>& mapped);
+  long map_holes(Space& s, MemRange span, const std::vector<uint64_t>& pages,
+                 std::vector<uint64_t>* mapped);
+  void unmap_holes(Space& s, const std::vector<uint64_t>& mapped);
   long merge_pages(Space& parent, Space& child, uint64_t addr, uint64_t len,
                    const std::vector<uint64_t>& pages, std::vector<uint64_t>* changed,
                    uint8_t* results);

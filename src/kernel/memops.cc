@@ -234,9 +234,9 @@ long Kernel::merge_range(Space& parent, Space& child, uint64_t addr, uint64_t le
   if (!dirty.ok()) return dirty.err();
   if (dirty->empty()) return 0;
   std::vector<uint64_t> mapped;
-  long r = map_parent_holes(parent, span, *dirty, &mapped);
+  long r = map_holes(parent, span, *dirty, &mapped);
   if (r == 0) r = merge_dirty(parent, child, addr, len, span, *dirty);
-  if (r < 0) unmap_parent_holes(parent, mapped);
+  if (r < 0) unmap_holes(parent, mapped);
   return r;
 }
 
@@ -334,39 +334,44 @@ long Kernel::refresh_range(Space& parent, Space& child, uint64_t addr, uint64_t 
     MemRange m = part_of_page(pg, addr, len);
     if (long r = move_bytes(parent, m.start, child, m.start, m.len); r < 0) return r;
   }
-  Status s = m_.copy_pages(parent.proc, child.proc, whole);
-  return s.ok() ? 0 : -EFAULT;
+  if (m_.copy_pages(parent.proc, child.proc, whole).ok()) return 0;
+  // As DET_COPY does, pages the caller has and the child lacks (mapped since
+  // its snapshot) become the child's, counted against its limit.
+  std::vector<uint64_t> mapped;
+  if (long r = map_holes(child, span, whole, &mapped); r < 0) return r;
+  if (mapped.empty()) return -EFAULT;
+  return m_.copy_pages(parent.proc, child.proc, whole).ok() ? 0 : -EFAULT;
 }
 
-// Pages the parent lacks (the child mapped them) are created in the parent,
-// all counted against its limit before the first is mapped; *mapped lists
-// those that were, for unmap_parent_holes should the merge fail.
-long Kernel::map_parent_holes(Space& parent, MemRange span, const std::vector<uint64_t>& pages,
-                              std::vector<uint64_t>* mapped) {
-  auto gaps = m_.holes(parent.proc, span);
+// Pages of `pages` that `s` lacks are created in it as zero pages, all
+// counted against its limit before the first is mapped; *mapped lists
+// those that were, for unmap_holes should the call fail.
+long Kernel::map_holes(Space& s, MemRange span, const std::vector<uint64_t>& pages,
+                       std::vector<uint64_t>* mapped) {
+  auto gaps = m_.holes(s.proc, span);
   if (!gaps.ok()) return gaps.err();
   std::vector<uint64_t> missing;
   for (const MemRange& h : *gaps)
     for (auto it = std::lower_bound(pages.begin(), pages.end(), h.start);
          it != pages.end() && *it < h.end(); ++it)
       missing.push_back(*it);
-  if (long g = gain(parent, missing.size() * kPage); g < 0) return g;
+  if (long g = gain(s, missing.size() * kPage); g < 0) return g;
   for (uint64_t pg : missing) {
-    Status s = m_.map_zero(parent.proc, MemRange{pg, kPage}, PROT_READ | PROT_WRITE);
-    if (!s.ok()) {
-      if (!parent.is_master) parent.bytes_gained -= (missing.size() - mapped->size()) * kPage;
-      return s.err();
+    Status st = m_.map_zero(s.proc, MemRange{pg, kPage}, PROT_READ | PROT_WRITE);
+    if (!st.ok()) {
+      if (!s.is_master) s.bytes_gained -= (missing.size() - mapped->size()) * kPage;
+      return st.err();
     }
     mapped->push_back(pg);
   }
   return 0;
 }
 
-// Undoes map_parent_holes: the pages go, and so does their count.
-void Kernel::unmap_parent_holes(Space& parent, const std::vector<uint64_t>& mapped) {
+// Undoes map_holes: the pages go, and so does their count.
+void Kernel::unmap_holes(Space& s, const std::vector<uint64_t>& mapped) {
   for (uint64_t pg : mapped) {
-    (void)m_.unmap(parent.proc, MemRange{pg, kPage});  // best effort: a zero page at worst
-    if (!parent.is_master) parent.bytes_gained -= kPage;
+    (void)m_.unmap(s.proc, MemRange{pg, kPage});  // best effort: a zero page at worst
+    if (!s.is_master) s.bytes_gained -= kPage;
   }
 }
 
