@@ -12,6 +12,8 @@
 
 #include <detux/detux.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -100,7 +102,11 @@ template <typename F>
 void run_group(det_child_t first, det_child_t count, F body) {
   for (det_child_t c = first; c < first + count; ++c) {
     auto one = [&body, c] { body(c); };
-    detail::check(det_thread_start(c, &detail::call<decltype(one)>, &one), c);
+    int r = det_thread_start(c, &detail::call<decltype(one)>, &one);
+    if (r < 0) {  // the threads already started go, as the group would
+      for (det_child_t k = first; k < c; ++k) dput(k, DET_KILL, nullptr, 0, nullptr);
+      detail::check(r, c);
+    }
   }
   det_child_t failed = 0;
   det_status st{};
@@ -127,17 +133,26 @@ void parallel_for(long begin, long end, long grain, T* out, F f) {
 // order in the caller.  The grouping depends only on grain.
 template <typename T, typename Map, typename Reduce>
 T parallel_reduce(long begin, long end, long grain, T identity, Map map, Reduce reduce) {
+  if (grain <= 0) detail::check(-EINVAL);
   if (end <= begin) return identity;
-  long chunks = (end - begin + grain - 1) / grain;
-  std::vector<T> part(static_cast<size_t>(chunks), identity);
+  // Unsigned offsets from begin: a grain near LONG_MAX must not wrap.
+  const unsigned long span = static_cast<unsigned long>(end) - static_cast<unsigned long>(begin);
+  const unsigned long step = static_cast<unsigned long>(grain);
+  const long chunks = static_cast<long>(span / step + (span % step != 0));
+  struct Slot {  // not std::vector<bool>'s packed bits: each chunk writes bytes of its own
+    T value;
+  };
+  std::vector<Slot> part(static_cast<size_t>(chunks), Slot{identity});
   parallel_for(0, chunks, 1, [&](long k) {
     T acc = identity;
-    for (long i = begin + k * grain; i < end && i < begin + (k + 1) * grain; ++i)
-      acc = reduce(acc, map(i));
-    part[static_cast<size_t>(k)] = acc;
+    const unsigned long off = static_cast<unsigned long>(k) * step;
+    const unsigned long take = std::min(step, span - off);
+    for (unsigned long j = 0; j < take; ++j)
+      acc = reduce(acc, map(static_cast<long>(static_cast<unsigned long>(begin) + off + j)));
+    part[static_cast<size_t>(k)].value = acc;
   });
   T acc = identity;
-  for (const T& p : part) acc = reduce(acc, p);
+  for (const Slot& p : part) acc = reduce(acc, p.value);
   return acc;
 }
 

@@ -91,6 +91,7 @@ struct DirFd {
   uint32_t ino = 0;
   std::vector<fs::DirEntry>* entries = nullptr;
   size_t pos = 0;
+  std::string* path = nullptr;  // as opened: what names relative to it start from
 };
 DirFd g_dirs[kDirFds];
 
@@ -107,7 +108,8 @@ long open_dir(const char* path) {
   if (!list.ok()) return list.err();
   for (int i = 0; i < kDirFds; ++i) {
     if (g_dirs[i].used) continue;
-    g_dirs[i] = DirFd{true, st->ino, new std::vector<fs::DirEntry>(std::move(*list)), 0};
+    g_dirs[i] = DirFd{true, st->ino, new std::vector<fs::DirEntry>(std::move(*list)), 0,
+                      new std::string(path)};
     return kFirstDirFd + i;
   }
   return -EMFILE;
@@ -115,6 +117,7 @@ long open_dir(const char* path) {
 
 long close_dir(DirFd* d) {
   delete d->entries;
+  delete d->path;
   *d = DirFd{};
   return 0;
 }
@@ -281,7 +284,14 @@ bool fs_emulate(long nr, const long a[6], long* result) {
     switch (nr) {
       case SYS_getdents64: *result = getdents(d, reinterpret_cast<char*>(a[1]), a[2]); return true;
       case SYS_close: *result = close_dir(d); return true;
-      case SYS_fstat: case SYS_newfstatat: {
+      case SYS_newfstatat:
+        if (s(1) && *s(1)) {  // a name in that directory, not the directory
+          std::string name = s(1)[0] == '/' ? std::string(s(1)) : *d->path + "/" + s(1);
+          *result = stat_path(name.c_str(), reinterpret_cast<struct stat*>(a[2]));
+          return true;
+        }
+        [[fallthrough]];
+      case SYS_fstat: {
         struct stat* out = reinterpret_cast<struct stat*>(nr == SYS_fstat ? a[1] : a[2]);
         memset(out, 0, sizeof *out);
         out->st_mode = S_IFDIR | 0755;

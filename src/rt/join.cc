@@ -245,8 +245,14 @@ __attribute__((noinline)) void join_heap_in_space(det_child_t child, Extent give
   join_heap_state(child, &ch, given);
 }
 
-void join_heap(det_child_t child, bool heap_merged, Extent given) {
-  if (!heap_merged) return heap_give_back(given);
+// A child whose heap did not go in gives its extent back, unless an earlier
+// merge (a barrier's) took some of its blocks: the caller may hold them, so
+// the extent stays used.
+void join_heap(det_child_t child, bool heap_merged, bool merged_before, Extent given) {
+  if (!heap_merged) {
+    if (!merged_before) heap_give_back(given);
+    return;
+  }
   if (g_in_space) return join_heap_in_space(child, given);
   JoinTemporaries temporaries;
   auto ch = std::make_unique<HeapState>();
@@ -282,11 +288,13 @@ int join_child(det_child_t child, bool merge_memory, det_status* out) {
   // The extent is the one this space handed out, never what the child's
   // memory claims (a child could name any range, or have exec'd).
   Extent given;
+  bool merged_before = false;
   if (ChildRec* rec = find_rec(child, false)) {
     given = rec->extent;
+    merged_before = rec->merged;
     drop_rec(rec);
   }
-  join_heap(child, heap_merged, given);
+  join_heap(child, heap_merged, merged_before, given);
   if (out) *out = st;
   long k = dput(child, DET_KILL, nullptr, 0, nullptr);
   if (r == 0 && k < 0) r = k;

@@ -182,10 +182,16 @@ int det_parallel_for(long begin, long end, long grain, void (*fn)(long, void*), 
 int det_parallel_for_writing(long begin, long end, long grain, void (*fn)(long, void*), void* arg,
                              void* out, size_t elem) {
   if (grain <= 0 || end < begin) return -EINVAL;
-  for (long wave = begin; wave < end; wave += grain * kMaxInFlight) {
+  // Offsets from begin, unsigned: a grain near LONG_MAX, or a range ending
+  // near it, must not wrap (it looped for ever over negative indices).
+  const unsigned long span = static_cast<unsigned long>(end) - static_cast<unsigned long>(begin);
+  for (unsigned long off = 0; off < span;) {
     long n = 0;
-    for (long lo = wave; lo < end && n < kMaxInFlight; lo += grain, ++n) {
-      const long hi = std::min(end, lo + grain);
+    for (; off < span && n < kMaxInFlight; ++n) {
+      const unsigned long take = std::min(static_cast<unsigned long>(grain), span - off);
+      const long lo = static_cast<long>(static_cast<unsigned long>(begin) + off);
+      const long hi = static_cast<long>(static_cast<unsigned long>(lo) + take);
+      off += take;
       char* first = out ? static_cast<char*>(out) + lo * static_cast<long>(elem) : nullptr;
       const size_t size = out ? static_cast<size_t>(hi - lo) * elem : 0;
       long r = fork_writing(static_cast<det_child_t>(n), first, size, 1, 0);

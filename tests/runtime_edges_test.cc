@@ -1,0 +1,144 @@
+// runtime_edges_test.cc: the runtime library at its edges, where a review
+// (December 7) found it broken: a failed group whose threads had merged
+// heap blocks at a barrier, loops whose grain or range reaches LONG_MAX, a
+// reduction over bool, a group whose start failed half-way, and fstatat on a
+// directory descriptor.  Every scenario runs twice and must report the same.
+//
+// The sanitizer build cannot run these: AddressSanitizer's allocator owns
+// malloc there and asks Linux for memory, which a space may not do.
+#include <detux/detux.hpp>
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <climits>
+#include <cstring>
+
+#include "harness.h"
+
+using namespace detux::test;
+
+namespace {
+
+char* g_node;
+char* g_later;
+
+TEST(RuntimeEdges, AFailedGroupKeepsTheBlocksItsThreadsMergedAtABarrier) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    det_thread_start(
+        0,
+        [](void*) {
+          g_node = static_cast<char*>(malloc(64));
+          std::strcpy(g_node, "thread 0's node");
+          det_barrier();
+          det_barrier();
+        },
+        nullptr);
+    det_thread_start(
+        1,
+        [](void*) {
+          det_barrier();
+          __builtin_trap();
+        },
+        nullptr);
+    det_child_t failed = 99;
+    det_status st{};
+    CHECK_EQ(det_group_join(0, 2, &failed, &st), -DET_EFAULTED);
+    CHECK(g_node != nullptr);
+    det_thread_start(
+        5,
+        [](void*) {
+          g_later = static_cast<char*>(malloc(64));
+          std::strcpy(g_later, "a later thread's block");
+        },
+        nullptr);
+    CHECK_EQ(djoin(5), 0);
+    out += std::string(g_node) + " / " + g_later + (g_node == g_later ? " (the same block)" : "");
+    CHECK(g_node != g_later);
+  });
+  EXPECT_EQ(out, "thread 0's node / a later thread's block");
+}
+
+long g_calls[4];
+
+TEST(RuntimeEdges, AParallelForWithAGrainOrRangeNearLongMaxRunsEachIndexOnce) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    std::memset(g_calls, 0, sizeof g_calls);
+    auto count = [](long i, void*) {
+      if (i >= 0 && i < 3) ++g_calls[i];
+      else ++g_calls[3];  // an index outside the range
+    };
+    CHECK_EQ(det_parallel_for(0, 3, LONG_MAX, count, nullptr), 0);
+    out += std::to_string(g_calls[0]) + std::to_string(g_calls[1]) + std::to_string(g_calls[2]) +
+           " outside " + std::to_string(g_calls[3]);
+    std::memset(g_calls, 0, sizeof g_calls);
+    detux::parallel_for(LONG_MAX - 3, LONG_MAX, 2, [](long i) { ++g_calls[i - (LONG_MAX - 3)]; });
+    out += ", top of range: " + std::to_string(g_calls[0]) + std::to_string(g_calls[1]) +
+           std::to_string(g_calls[2]);
+  });
+  EXPECT_EQ(out, "111 outside 0, top of range: 111");
+}
+
+TEST(RuntimeEdges, AParallelReduceOverBoolMergesWithoutConflict) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    bool any = detux::parallel_reduce(
+        0L, 100L, 7L, false, [](long i) { return i == 63; }, [](bool a, bool b) { return a || b; });
+    out += any ? "found" : "not found";
+    try {
+      detux::parallel_reduce(0L, 10L, 0L, 0L, [](long i) { return i; }, [](long a, long b) { return a + b; });
+      out += ", grain 0 accepted";
+    } catch (const detux::error& e) {
+      out += ", grain 0 refused";
+    }
+  });
+  EXPECT_EQ(out, "found, grain 0 refused");
+}
+
+TEST(RuntimeEdges, AGroupWhoseStartFailsLeavesNoThreadBehind) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    det_thread_start(1, [](void*) {}, nullptr);  // id 1 is taken
+    try {
+      detux::run_group(0, 2, [](det_child_t) {});
+      out += "started";
+    } catch (const detux::error& e) {
+      out += "refused";
+    }
+    CHECK_EQ(djoin(1), 0);
+    detux::run_group(0, 1, [](det_child_t) {});  // id 0 is free again
+    out += ", again ok";
+  });
+  EXPECT_EQ(out, "refused, again ok");
+}
+
+TEST(RuntimeEdges, FstatatOnADirectoryDescriptorDescribesTheNamedEntry) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    det_thread_start(
+        0,
+        [](void*) {
+          mkdir("/d", 0755);
+          FILE* f = std::fopen("/d/file", "w");
+          std::fputs("hello", f);
+          std::fclose(f);
+          DIR* d = opendir("/d");
+          struct stat st {};
+          int r = fstatat(dirfd(d), "file", &st, 0);
+          std::printf("file: %d dir %d size %ld; ", r, S_ISDIR(st.st_mode) ? 1 : 0,
+                      static_cast<long>(st.st_size));
+          r = fstatat(dirfd(d), "nonexistent", &st, 0);
+          std::printf("nonexistent: %d; ", r);
+          r = fstatat(dirfd(d), "", &st, AT_EMPTY_PATH);
+          std::printf("itself: %d dir %d\n", r, S_ISDIR(st.st_mode) ? 1 : 0);
+          closedir(d);
+        },
+        nullptr);
+    out += captured([] { CHECK_EQ(djoin(0), 0); });
+  });
+  EXPECT_EQ(out, "file: 0 dir 0 size 5; nonexistent: -1; itself: 0 dir 1\n");
+}
+
+}  // namespace
