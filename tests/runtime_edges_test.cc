@@ -1,8 +1,8 @@
 // runtime_edges_test.cc: the runtime library at its edges, where a review
 // (December 7) found it broken: a failed group whose threads had merged
 // heap blocks at a barrier, loops whose grain or range reaches LONG_MAX, a
-// reduction over bool, a group whose start failed half-way, and fstatat on a
-// directory descriptor.  Every scenario runs twice and must report the same.
+// reduction over bool, a group whose start failed half-way, fstatat on a
+// directory descriptor, and input whose arrival decided what a space read.  Every scenario runs twice and must report the same.
 //
 // The sanitizer build cannot run these: AddressSanitizer's allocator owns
 // malloc there and asks Linux for memory, which a space may not do.
@@ -10,6 +10,8 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <climits>
 #include <cstring>
@@ -139,6 +141,54 @@ TEST(RuntimeEdges, FstatatOnADirectoryDescriptorDescribesTheNamedEntry) {
     out += captured([] { CHECK_EQ(djoin(0), 0); });
   });
   EXPECT_EQ(out, "file: 0 dir 0 size 5; nonexistent: -1; itself: 0 dir 1\n");
+}
+
+// The same bytes on standard input, once at once and once with pauses: a
+// space reads them in the same pieces (a line at a time) and its heap
+// grows the same way, whenever they arrived.
+detux::test::Run read_piped_input(bool slow) {
+  return in_master([slow](std::string& out) {
+    int p[2];
+    CHECK_EQ(pipe(p), 0);
+    std::fflush(nullptr);
+    pid_t writer = fork();
+    if (writer == 0) {
+      close(p[0]);
+      (void)!write(p[1], "one\n", 4);
+      if (slow) usleep(150 * 1000);
+      (void)!write(p[1], "two\nthree", 9);
+      if (slow) usleep(150 * 1000);
+      (void)!write(p[1], "\n", 1);
+      _exit(0);
+    }
+    close(p[1]);
+    dup2(p[0], 0);
+    close(p[0]);
+    det_thread_start(
+        0,
+        [](void*) {
+          char buf[64];
+          long n;
+          int k = 0;
+          while ((n = read(0, buf, sizeof buf)) > 0)
+            std::printf("%ld %p; ", n, malloc(static_cast<size_t>(100 * ++k)));
+          std::printf("end\n");
+        },
+        nullptr);
+    out += captured([] { CHECK_EQ(djoin(0), 0); });
+    waitpid(writer, nullptr, 0);
+  });
+}
+
+TEST(RuntimeEdges, WhatASpaceReadsFromAPipeDependsOnTheBytesNotOnWhenTheyArrived) {
+  NEEDS_DETUX_MALLOC();
+  detux::test::Run at_once = read_piped_input(false), paused = read_piped_input(true);
+  EXPECT_TRUE(at_once.ok()) << at_once.out;
+  EXPECT_TRUE(paused.ok()) << paused.out;
+  EXPECT_EQ(at_once.out, paused.out);
+  EXPECT_EQ(paused.out.substr(0, 2), "4 ") << paused.out;
+  EXPECT_NE(paused.out.find("; 4 "), std::string::npos) << paused.out;
+  EXPECT_NE(paused.out.find("; 6 "), std::string::npos) << paused.out;
 }
 
 }  // namespace

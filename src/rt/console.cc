@@ -53,19 +53,52 @@ void request_input() {
   if (g_rt.reply.eof) in.eof = true;
 }
 
-// The master reads its real standard input.
+// How the input stream grows, everywhere: by one piece at a time, a piece
+// being the bytes up to and including the next newline, or kInputChunk
+// bytes without one, or what is left before end of file.  A pipe or a
+// terminal hands over bytes as they happen to arrive; were the stream to
+// grow by those, a space's read() counts and its buffer's growth (hence the
+// addresses of its later heap blocks) would follow the arrival, not the
+// bytes.  Pieces follow the bytes alone, and a line typed at a terminal
+// still goes through at once.
+uint64_t piece_len(const char* at, uint64_t avail, bool eof) {
+  if (const void* nl = avail ? memchr(at, '\n', std::min(avail, kInputChunk)) : nullptr)
+    return static_cast<uint64_t>(static_cast<const char*>(nl) - at) + 1;
+  if (avail >= kInputChunk) return kInputChunk;
+  return eof ? avail : 0;  // 0: not known yet
+}
+
+// What the master has read of its real standard input and not yet made a
+// piece of, in libdetux's own data: never in the heap, whose layout must
+// not depend on when bytes arrived.
+char g_raw[kInputChunk];
+uint64_t g_raw_len = 0;
+bool g_raw_eof = false;
+
+// The master reads its real standard input, and appends the next piece.
 void read_real_input() {
   ConsoleIn& in = g_rt.in;
-  if (!ensure(&in.buf, &in.cap, in.len + kInputChunk, &in.owned, in.len)) {
-    in.eof = true;
-    return;
-  }
   for (;;) {
-    ssize_t r = ::read(0, reinterpret_cast<char*>(in.buf) + in.len, kInputChunk);
+    uint64_t n = piece_len(g_raw, g_raw_len, g_raw_eof);
+    if (n > 0) {
+      if (!ensure(&in.buf, &in.cap, in.len + kInputChunk, &in.owned, in.len)) {
+        in.eof = true;
+        return;
+      }
+      memcpy(reinterpret_cast<char*>(in.buf) + in.len, g_raw, n);
+      in.len += n;
+      memmove(g_raw, g_raw + n, g_raw_len - n);
+      g_raw_len -= n;
+      return;
+    }
+    if (g_raw_eof) {
+      in.eof = true;
+      return;
+    }
+    ssize_t r = ::read(0, g_raw + g_raw_len, kInputChunk - g_raw_len);
     if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) in.eof = true;
-    else in.len += static_cast<uint64_t>(r);
-    return;
+    if (r <= 0) g_raw_eof = true;
+    else g_raw_len += static_cast<uint64_t>(r);
   }
 }
 
@@ -99,10 +132,19 @@ long console_write(int fd, const void* buf, size_t len) {
   return static_cast<long>(len);
 }
 
+// Up to and including the next newline, at most len bytes, or what is left
+// before end of file: never "what has arrived so far" (see piece_len).
 long console_read(void* buf, size_t len) {
   ConsoleIn& in = g_rt.in;
-  while (in.pos >= in.len && !in.eof) fetch_more();
+  for (;;) {
+    const uint64_t avail = in.len - in.pos;
+    const char* at = reinterpret_cast<char*>(in.buf) + in.pos;
+    if (len == 0 || avail >= len || in.eof || (avail && memchr(at, '\n', avail))) break;
+    fetch_more();
+  }
   uint64_t n = std::min<uint64_t>(len, in.len - in.pos);
+  if (const void* nl = n ? memchr(reinterpret_cast<char*>(in.buf) + in.pos, '\n', n) : nullptr)
+    n = static_cast<uint64_t>(static_cast<const char*>(nl) - (reinterpret_cast<char*>(in.buf) + in.pos)) + 1;
   memcpy(buf, reinterpret_cast<char*>(in.buf) + in.pos, n);
   in.pos += n;
   return static_cast<long>(n);
@@ -133,8 +175,15 @@ long console_collect(det_child_t child, const RtState& crt) {
 long console_supply(det_child_t child, const RtState& crt) {
   ConsoleIn& in = g_rt.in;
   uint64_t at = crt.in.len;  // the stream offset the child has reached
-  while (in.len <= at && !in.eof) fetch_more();
-  uint64_t n = in.len > at ? std::min(crt.want, in.len - at) : 0;
+  // The next piece from there (piece_len), whatever this space has already.
+  uint64_t n = 0;
+  for (;;) {
+    const uint64_t avail = in.len > at ? in.len - at : 0;
+    n = piece_len(reinterpret_cast<char*>(in.buf) + at, avail, in.eof);
+    if (n > 0 || in.eof) break;
+    fetch_more();
+  }
+  n = std::min(crt.want, n);
   if (n) {
     long r = dput(child, DET_COPY, reinterpret_cast<char*>(in.buf) + at, n,
                   reinterpret_cast<void*>(crt.in.buf + crt.in.len));
