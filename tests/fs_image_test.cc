@@ -161,6 +161,39 @@ TEST_F(FsImage, ImageLargerThanTheRegionIsRefusedWithEFBIG) {
   EXPECT_NE(why.find("needs a region"), std::string::npos) << why;
 }
 
+// A review (December 7) found these two: a huge sparse file was read whole
+// into memory (and aborted the loader), and an image could carry join
+// records that made a later child's change vanish at its join.
+TEST_F(FsImage, AFileLongerThanItsHeaderSaysIsRefusedWithoutReadingIt) {
+  Region a(kSize);
+  Fs fs = format_in(a);
+  ASSERT_TRUE(save(fs, path_).ok());
+  ASSERT_EQ(truncate(path_.c_str(), 1LL << 40), 0);  // 1 TiB, sparse
+  Region r(kSize);
+  std::string why;
+  EXPECT_EQ(load(path_, r.base(), r.size(), &why).err(), -EINVAL);
+  EXPECT_NE(why.find("trailing bytes"), std::string::npos) << why;
+}
+
+TEST_F(FsImage, ALoadedImageForgetsJoinRecordsSoAChildsChangeIsNotLost) {
+  Region a(kSize);
+  Fs fs = format_in(a);
+  write_file(fs, "/f", "base");
+  auto* sb = reinterpret_cast<Super*>(fs.base());
+  auto* table = reinterpret_cast<Inode*>(static_cast<char*>(fs.base()) + sb->inode_start * kBlockSize);
+  table[fs.stat("/f")->ino].rec_epoch = 1;  // what the first child's epoch will be
+  ASSERT_TRUE(save(fs, path_).ok());
+  Region r(kSize);
+  auto back = load(path_, r.base(), r.size());
+  ASSERT_TRUE(back.ok());
+  Region c(kSize);
+  Fs child = testing::fork_of(*back, c);
+  write_file(child, "/f", "the child's");
+  testing::MemReader reader(c);
+  ASSERT_TRUE(reconcile(*back, reader).ok());
+  EXPECT_EQ(read_file(*back, "/f"), "the child's");
+}
+
 TEST_F(FsImage, MissingImageGivesENOENTAndSaysSo) {
   Region r(kSize);
   std::string why;

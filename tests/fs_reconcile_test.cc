@@ -444,5 +444,67 @@ TEST(FsReconcile, ChildWithACorruptChangedListOrPointersGivesEIONotACrash) {
   }
 }
 
+// A review (December 7) found these three: a child's entries could give a
+// directory two names, and running out of blocks half-way through a join
+// could leave the parent unsound.
+
+Inode* raw_inode(Fs& fs, uint32_t ino) {
+  auto* sb = reinterpret_cast<Super*>(fs.base());
+  return reinterpret_cast<Inode*>(static_cast<char*>(fs.base()) + sb->inode_start * kBlockSize) + ino;
+}
+
+TEST(FsReconcile, AChildWhoseEntriesGiveANewDirectoryTwoNamesIsRefusedWithEIO) {
+  Family f;
+  Fs& c = f.fork();
+  ASSERT_TRUE(c.mkdir("/n").ok());
+  ASSERT_TRUE(c.mkdir("/m").ok());
+  ASSERT_TRUE(c.mkdir("/m/x").ok());
+  const uint32_t n = c.stat("/n")->ino, m = c.stat("/m")->ino;
+  auto* entries = reinterpret_cast<Dirent*>(static_cast<char*>(c.base()) +
+                                            raw_inode(c, m)->direct[0] * kBlockSize);
+  ASSERT_EQ(std::string(entries[0].name, entries[0].name_len), "x");
+  entries[0].ino = n;  // /m/x now names /n as well
+  MemReader reader(*f.regions[0]);
+  EXPECT_EQ(reconcile(f.parent, reader).err(), -EIO);
+  expect_sound(f.parent);
+}
+
+// Appends to a new file until the file system is full.
+void fill(Fs& fs, const std::string& path) {
+  auto fd = fs.open(path, O_WRONLY | O_CREAT);
+  ASSERT_TRUE(fd.ok());
+  std::string block(kBlockSize, 'f');
+  while (fs.write(*fd, block.data(), block.size()).ok()) {
+  }
+  ASSERT_TRUE(fs.close(*fd).ok());
+}
+
+TEST(FsReconcile, NoRoomForAFileTheChildRewroteLeavesTheParentsFileWhole) {
+  Family f;
+  write_file(f.parent, "/f", "the parent's bytes");
+  Fs& c = f.fork();
+  write_file(c, "/f", std::string(30 * kBlockSize, 'c'));
+  fill(f.parent, "/filler");
+  MemReader reader(*f.regions[0]);
+  EXPECT_EQ(reconcile(f.parent, reader).err(), -ENOSPC);
+  EXPECT_EQ(read_file(f.parent, "/f"), "the parent's bytes");
+  expect_sound(f.parent);
+}
+
+TEST(FsReconcile, NoRoomForADirectoryTheChildMovedLeavesItWhereItWas) {
+  Family f;
+  ASSERT_TRUE(f.parent.mkdir("/a").ok());
+  ASSERT_TRUE(f.parent.mkdir("/a/d").ok());
+  ASSERT_TRUE(f.parent.mkdir("/b").ok());
+  write_file(f.parent, "/a/d/keep", "kept");
+  Fs& c = f.fork();
+  ASSERT_TRUE(c.rename("/a/d", "/b/d").ok());
+  fill(f.parent, "/filler");
+  MemReader reader(*f.regions[0]);
+  EXPECT_EQ(reconcile(f.parent, reader).err(), -ENOSPC);
+  EXPECT_EQ(read_file(f.parent, "/a/d/keep"), "kept");
+  expect_sound(f.parent);
+}
+
 }  // namespace
 }  // namespace detux::fs

@@ -136,6 +136,30 @@ static mode_t image_mode(const std::string& path) {
   return 0666 & ~mask;
 }
 
+// The exact length of the image this header describes, or 0 if the header
+// itself is unsound (ImageIo::load says why).
+uint64_t described_length(const Header& h) {
+  if (!have_crc(nullptr) || h.magic != kImageMagic || h.version != kImageVersion ||
+      h.header_size != sizeof h || h.crc_header != header_crc(h))
+    return 0;
+  if (h.ninodes < 2 || h.ninodes > (1u << 31) || h.ninodes % kInodesPerBlock != 0 ||
+      h.nblocks > (1ull << 40))
+    return 0;
+  Geometry g = geometry(h.nblocks, h.ninodes);
+  if (g.data_start >= h.nblocks || h.inode_blocks_saved > g.inode_blocks ||
+      h.data_blocks_saved > h.nblocks - g.data_start)
+    return 0;
+  return sizeof h + kBlockSize * (1 + g.bitmap_blocks) + (g.inode_blocks + 7) / 8 +
+         kBlockSize * (h.inode_blocks_saved + h.data_blocks_saved);
+}
+
+// The same, for the image file open on fd.
+uint64_t described_length(int fd) {
+  Header h{};
+  if (::pread(fd, &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h)) return 0;
+  return described_length(h);
+}
+
 class ImageIo {
  public:
   static Status save(const Fs& fs, const std::string& path, std::string* why);
@@ -237,6 +261,12 @@ void ImageIo::normalize(Fs& fs) {
     } else if (n.state == kLive && n.type == kTypeFile && n.nlink == 0) {
       fs.release_inode(i);
     }
+    if (n.state == kLive) {  // no join is in progress: no record may claim one
+      n.rec_epoch = 0;
+      n.rec_flags = 0;
+      n.rec_next = 0;
+      n.rec_shadow = 0;
+    }
   }
 }
 
@@ -262,8 +292,7 @@ Result<Fs> ImageIo::load(const uint8_t* data, size_t len, void* base, size_t siz
   if (h.inode_blocks_saved > g.inode_blocks || h.data_blocks_saved > h.nblocks - g.data_start)
     return refuse("image header has impossible section sizes");
   uint64_t inomap_len = (g.inode_blocks + 7) / 8;
-  uint64_t want = sizeof h + kBlockSize * (1 + g.bitmap_blocks) + inomap_len +
-                  kBlockSize * (h.inode_blocks_saved + h.data_blocks_saved);
+  uint64_t want = described_length(h);
   if (len < want)
     return refuse("truncated image: " + std::to_string(len) + " bytes, expected " + std::to_string(want));
   if (len > want) return refuse("image has " + std::to_string(len - want) + " trailing bytes");
@@ -369,9 +398,19 @@ Result<Fs> load(const std::string& path, void* base, size_t size, std::string* w
     if (why) *why = "cannot open " + path + ": " + std::strerror(errno);
     return Err{-errno};
   }
+  // Never more than its header says it holds: a huge (or sparse) file is
+  // refused from its first bytes, not read whole into memory.
+  const uint64_t limit = described_length(fd);  // 0: no sound header
+  struct stat st {};
+  const bool sized = fstat(fd, &st) == 0;
+  if (limit && sized && static_cast<uint64_t>(st.st_size) > limit) {
+    ::close(fd);
+    if (why) *why = "image has " + std::to_string(st.st_size - limit) + " trailing bytes";
+    return Err{-EINVAL};
+  }
+  const uint64_t cap = limit ? limit : sizeof(Header);  // without a sound header: enough to say why
   std::vector<uint8_t> bytes;
-  struct stat st;
-  if (fstat(fd, &st) == 0 && st.st_size > 0) bytes.reserve(static_cast<size_t>(st.st_size));
+  if (sized) bytes.reserve(std::min<uint64_t>(cap, static_cast<uint64_t>(st.st_size)));
   uint8_t buf[1 << 16];
   for (;;) {
     ssize_t n = ::read(fd, buf, sizeof buf);
@@ -384,6 +423,7 @@ Result<Fs> load(const std::string& path, void* base, size_t size, std::string* w
     }
     if (n == 0) break;
     bytes.insert(bytes.end(), buf, buf + n);
+    if (bytes.size() >= cap) break;
   }
   ::close(fd);
   return load_bytes(bytes.data(), bytes.size(), base, size, why);

@@ -221,7 +221,13 @@ Result<uint32_t> Reconciler::target_for(uint32_t cino, uint32_t pdir, const Name
     }
     return cino;
   }
-  if (auto it = new_map_.find(cino); it != new_map_.end()) return it->second;  // a second link
+  if (auto it = new_map_.find(cino); it != new_map_.end()) {
+    // A second link.  A directory has one name: a child whose entries give
+    // one two is damaged (or hostile), and its join is refused here, before
+    // the parent's tree could get a second name or a cycle.
+    if (cn->type == kTypeDir) return Err{-EIO};
+    return it->second;
+  }
   auto made = p_.alloc_inode(cn->type, cn->perm);
   if (!made.ok()) return made;
   if (cn->type == kTypeDir) p_.inode(*made).nlink = 2;
@@ -254,6 +260,10 @@ Status Reconciler::apply_add(const NameOp& op) {
       return ok_status();
     }
   }
+  // The new name may need a block for the directory (and one for its map):
+  // refused now rather than after target_for() has moved a directory out of
+  // its old parent or made an inode that no name would then hold.
+  if (p_.sb().free_blocks < 2) return Err{-ENOSPC};
   auto target = target_for(op.now, op.pdir, op);
   if (!target.ok()) return Err{target.err()};
   if (*target == 0) return ok_status();
@@ -301,13 +311,27 @@ Status Reconciler::apply_remove(const NameOp& op) {
 
 // ---- contents --------------------------------------------------------------
 
-// Replaces the parent's content of pino by the child's.
+// Replaces the parent's content of pino by the child's.  The blocks it
+// needs are counted first, against the blocks free now (not counting those
+// the parent's old content will free): running out half-way would leave a
+// file of size 0 holding blocks, which the next load refuses.
 Status Reconciler::take_all(uint32_t pino, const Inode& cn) {
+  const uint64_t count = (cn.size + kBlockSize - 1) / kBlockSize;
+  uint64_t data = 0;
+  for (uint64_t fb = 0; fb < count; ++fb) {
+    auto cb = c_.bmap(cn, fb);
+    if (!cb.ok()) return Err{cb.err()};
+    data += *cb != 0;
+  }
+  uint64_t maps = 0;  // indirect blocks, at most
+  if (count > kNDirect) maps += 1;
+  if (count > kNDirect + kPtrsPerBlock)
+    maps += 1 + (count - kNDirect - kPtrsPerBlock + kPtrsPerBlock - 1) / kPtrsPerBlock;
+  if (data + maps > p_.sb().free_blocks) return Err{-ENOSPC};
   DETUX_TRY(p_.touch(pino));
   Inode& pn = p_.inode(pino);
   p_.free_blocks_from(pn, 0);
   pn.size = 0;
-  uint64_t count = (cn.size + kBlockSize - 1) / kBlockSize;
   for (uint64_t fb = 0; fb < count; ++fb) {
     auto cb = c_.bmap(cn, fb);
     if (!cb.ok()) return Err{cb.err()};
