@@ -2,7 +2,8 @@
 // (December 7) found it broken: a failed group whose threads had merged
 // heap blocks at a barrier, loops whose grain or range reaches LONG_MAX, a
 // reduction over bool, a group whose start failed half-way, fstatat on a
-// directory descriptor, and input whose arrival decided what a space read.  Every scenario runs twice and must report the same.
+// directory descriptor, input whose arrival decided what a space read, and
+// a loop's conflict that did not say where.  Every scenario runs twice and must report the same.
 //
 // The sanitizer build cannot run these: AddressSanitizer's allocator owns
 // malloc there and asks Linux for memory, which a space may not do.
@@ -141,6 +142,22 @@ TEST(RuntimeEdges, FstatatOnADirectoryDescriptorDescribesTheNamedEntry) {
     out += captured([] { CHECK_EQ(djoin(0), 0); });
   });
   EXPECT_EQ(out, "file: 0 dir 0 size 5; nonexistent: -1; itself: 0 dir 1\n");
+}
+
+volatile long g_both_chunks_write_this;  // volatile: never read, its stores would go
+
+TEST(RuntimeEdges, AConflictInAParallelLoopSaysWhichVariable) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    try {
+      detux::parallel_for(0, 2, 1, [](long i) { g_both_chunks_write_this = i + 1; });
+      out += "no conflict";
+    } catch (const detux::error& e) {
+      std::string what = e.what();
+      out += what.find("g_both_chunks_write_this") != std::string::npos ? "named" : what;
+    }
+  });
+  EXPECT_EQ(out, "named");
 }
 
 // The same bytes on standard input, once at once and once with pauses: a

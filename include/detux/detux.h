@@ -146,7 +146,9 @@ typedef unsigned long det_child_t;
 /* ---- Errors (returned negated) ----------------------------------------- */
 #define DET_ECONFLICT 1001 /* merge conflict; see det_status.conflict_addr */
 #define DET_EFAULTED 1002  /* djoin: the child faulted; nothing merged */
-#define DET_EEXITED 1003   /* djoin: the child exited non-zero; nothing merged */
+#define DET_EEXITED 1003   /* djoin: the child exited non-zero; none of its
+                              memory merged (its files are reconciled, as a
+                              process's writes outlive its failure) */
 #define DET_ELIMIT 1004    /* space quota exhausted (deterministic) */
 #define DET_ENOTSPACE 1005 /* det_* master-only call made in a space */
 #define DET_ETHREAD 1006   /* master call from a thread other than the master
@@ -278,6 +280,12 @@ int det_parallel_for(long begin, long end, long grain, void (*fn)(long i, void *
  * (the chunks already started are joined first). */
 int det_parallel_for_writing(long begin, long end, long grain, void (*fn)(long i, void *arg),
                              void *arg, void *out, size_t elem);
+/* After a det_parallel_for(_writing) that failed: which child (the chunk
+ * k - 64 * wave, as det_group_join counts it) and its status, as
+ * det_group_join reports them; conflict_addr says where a merge conflicted.
+ * Either pointer may be NULL.  Returns 0, or -ENOENT if the last loop of
+ * this space did not fail. */
+int det_parallel_for_failure(det_child_t *failed, struct det_status *status);
 
 /* Names an address of this process for a message: the variable it belongs
  * to, with its index and member path where debug information exists

@@ -114,17 +114,28 @@ void run_group(det_child_t first, det_child_t count, F body) {
   detail::check(r, failed, st);
 }
 
+namespace detail {
+// A failed loop's error names the chunk and, for a conflict, the address.
+inline void check_loop(int r) {
+  if (r >= 0) return;
+  det_child_t child = 0;
+  det_status st{};
+  det_parallel_for_failure(&child, &st);
+  check(r, child, st);
+}
+}  // namespace detail
+
 template <typename F>
 void parallel_for(long begin, long end, long grain, F f) {
-  detail::check(det_parallel_for(begin, end, grain, &detail::call_index<F>, &f));
+  detail::check_loop(det_parallel_for(begin, end, grain, &detail::call_index<F>, &f));
 }
 
 // The same for a loop whose index i writes out[i]: each chunk's slice of out
 // is copied for its space before it starts (det_parallel_for_writing).
 template <typename T, typename F>
 void parallel_for(long begin, long end, long grain, T* out, F f) {
-  detail::check(det_parallel_for_writing(begin, end, grain, &detail::call_index<F>, &f, out,
-                                         sizeof(T)));
+  detail::check_loop(det_parallel_for_writing(begin, end, grain, &detail::call_index<F>, &f, out,
+                                              sizeof(T)));
 }
 
 // Folds map(i) over [begin, end) with reduce, chunk by chunk: each chunk of

@@ -175,12 +175,36 @@ int det_group_join(det_child_t first, det_child_t count, det_child_t* failed,
   return static_cast<int>(g.err);
 }
 
+namespace {
+// The last loop's failure, for det_parallel_for_failure.
+struct LoopFailure {
+  bool failed = false;
+  det_child_t child = 0;
+  det_status status{};
+} g_loop_failure;
+
+int join_wave(long n) {
+  LoopFailure& f = g_loop_failure;
+  int r = det_group_join(0, static_cast<det_child_t>(n), &f.child, &f.status);
+  f.failed = r < 0;
+  return r;
+}
+}  // namespace
+
+int det_parallel_for_failure(det_child_t* failed, det_status* status) {
+  if (!g_loop_failure.failed) return -ENOENT;
+  if (failed) *failed = g_loop_failure.child;
+  if (status) *status = g_loop_failure.status;
+  return 0;
+}
+
 int det_parallel_for(long begin, long end, long grain, void (*fn)(long, void*), void* arg) {
   return det_parallel_for_writing(begin, end, grain, fn, arg, nullptr, 0);
 }
 
 int det_parallel_for_writing(long begin, long end, long grain, void (*fn)(long, void*), void* arg,
                              void* out, size_t elem) {
+  g_loop_failure = LoopFailure{};
   if (grain <= 0 || end < begin) return -EINVAL;
   // Offsets from begin, unsigned: a grain near LONG_MAX, or a range ending
   // near it, must not wrap (it looped for ever over negative indices).
@@ -204,7 +228,7 @@ int det_parallel_for_writing(long begin, long end, long grain, void (*fn)(long, 
         return static_cast<int>(r);
       }
     }
-    if (int r = det_group_join(0, static_cast<det_child_t>(n), nullptr, nullptr); r < 0) return r;
+    if (int r = join_wave(n); r < 0) return r;
   }
   return 0;
 }
