@@ -14,7 +14,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <climits>
+#include <cstdint>
 #include <cstring>
 
 #include "harness.h"
@@ -158,6 +160,17 @@ TEST(RuntimeEdges, AConflictInAParallelLoopSaysWhichVariable) {
     }
   });
   EXPECT_EQ(out, "named");
+}
+
+TEST(RuntimeEdges, AMallocLargerThanTheHeapSaysENOMEM) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    errno = 0;
+    void* p = malloc(SIZE_MAX / 2);
+    out += p ? "got a block" : std::string("NULL, ") + (errno == ENOMEM ? "ENOMEM" : std::to_string(errno));
+    free(p);
+  });
+  EXPECT_EQ(out, "NULL, ENOMEM");
 }
 
 // The same bytes on standard input, once at once and once with pauses: a

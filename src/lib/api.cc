@@ -175,9 +175,12 @@ long dget(det_child_t child, unsigned long flags, void* addr, size_t size, void*
   if (!detux::g_in_space) {
     if (long r = on_master_thread(); r < 0) return r;
   }
-  if (flags & DET_MERGE) detux::rt::child_merged(child);
-  if (detux::g_in_space) return space_call(kOpGet, child, flags, addr, size, child_addr);
-  return master_call(kOpGet, child, flags, addr, size, child_addr);
+  long r = detux::g_in_space ? space_call(kOpGet, child, flags, addr, size, child_addr)
+                             : master_call(kOpGet, child, flags, addr, size, child_addr);
+  // A conflict merged nothing; anything else may have (the caller may hold
+  // the child's heap blocks now, and its extent is kept at its kill).
+  if ((flags & DET_MERGE) && r != -DET_ECONFLICT) detux::rt::child_merged(child);
+  return r;
 }
 
 void dret(void) {

@@ -288,7 +288,10 @@ void forget_huge_pages(uint64_t lo, uint64_t hi) {
 
 void* alloc_locked(size_t n) {
   reserve();
-  if (n > gp->region.size()) return nullptr;
+  if (n > gp->region.size()) {
+    errno = ENOMEM;
+    return nullptr;
+  }
   uint64_t total = n + kHdr;
   uint64_t user = 0;
   if (total <= max_small()) {
