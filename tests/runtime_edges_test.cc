@@ -2,8 +2,9 @@
 // (December 7) found it broken: a failed group whose threads had merged
 // heap blocks at a barrier, loops whose grain or range reaches LONG_MAX, a
 // reduction over bool, a group whose start failed half-way, fstatat on a
-// directory descriptor, input whose arrival decided what a space read, and
-// a loop's conflict that did not say where.  Every scenario runs twice and must report the same.
+// directory descriptor, input whose arrival decided what a space read, a
+// loop's conflict that did not say where, a malloc without errno, and a
+// group join that timed out and left a thread running.  Every scenario runs twice and must report the same.
 //
 // The sanitizer build cannot run these: AddressSanitizer's allocator owns
 // malloc there and asks Linux for memory, which a space may not do.
@@ -171,6 +172,25 @@ TEST(RuntimeEdges, AMallocLargerThanTheHeapSaysENOMEM) {
     free(p);
   });
   EXPECT_EQ(out, "NULL, ENOMEM");
+}
+
+TEST(RuntimeEdges, AGroupJoinThatTimesOutLeavesNoThreadRunning) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    CHECK_EQ(det_set_wait_timeout(200), 0);
+    det_thread_start(
+        0,
+        [](void*) {
+          for (;;) asm volatile("" ::: "memory");
+        },
+        nullptr);
+    det_child_t failed = 99;
+    out += "join " + std::to_string(det_group_join(0, 1, &failed, nullptr));
+    det_status st{};
+    CHECK_EQ(dget(0, DET_STATUS | DET_DONT_WAIT, &st, sizeof st, nullptr), 0L);
+    out += ", thread 0 state " + std::to_string(st.state);
+  });
+  EXPECT_EQ(out, "join " + std::to_string(-ETIMEDOUT) + ", thread 0 state 0");
 }
 
 // The same bytes on standard input, once at once and once with pauses: a

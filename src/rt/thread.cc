@@ -106,7 +106,12 @@ std::vector<det_child_t> round(Group& g) {
     det_status st{};
     RtState crt;
     long r = wait_child(c, &st, &crt);
-    if (r == 0 && st.state == DET_S_STOPPED && crt.why == RetWhy::kBarrier && !g.err) {
+    if (r < 0) {  // the master's timeout, or a signal: the group fails, this thread too
+      g.fail(c, r, st);
+      dput(c, DET_KILL, nullptr, 0, nullptr);
+      continue;
+    }
+    if (st.state == DET_S_STOPPED && crt.why == RetWhy::kBarrier && !g.err) {
       bool heap;
       r = merge_shared(c, &heap);
       if (r == -DET_ECONFLICT) dget(c, DET_STATUS, &st, sizeof st, nullptr);
