@@ -386,7 +386,8 @@ TEST(DetuxCallAbuse, UndefinedOpsAndFlagsAreBadCalls) {
 }
 
 // The detux call with the stack pointer at `sp`: where the answer goes
-// (abi.h).  Returns rax, which says nothing.
+// (abi.h).  Returns rax: -ENOSYS when the call ran on, the stub then taking
+// the slot.
 long call_at_stack(uint64_t sp, long op, long child, long flags, long addr, long size) {
   long rax;
   register long r10 asm("r10") = addr;

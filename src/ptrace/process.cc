@@ -222,10 +222,9 @@ Result<Proc*> PtraceMachine::fork_space(Proc* parent, bool snapshot, bool starte
   auto child = inject_clone(parent);
   if (!child.ok()) return Err{child.err()};
   Proc* c = adopt(*child, *parent);
-  // The child continues from the parent's call, which returns DET_CHILD in
-  // the answer's slot (abi.h), written when it starts: a Copy or Zero into
-  // the child before then may cover the slot.
-  c->fork_answer_sp = parent->call_sp;
+  // The child continues from the parent's call, which returns DET_CHILD: in
+  // rax, which the stub takes since it is not -ENOSYS (abi.h).  Not in the
+  // slot: a Copy or Zero into the child before it starts may cover that.
   c->regs = at_call;
   c->regs.rax = DET_CHILD;
   c->regs.orig_rax = static_cast<unsigned long long>(-1);
@@ -328,11 +327,6 @@ Status PtraceMachine::resume(Proc* p, long result) {
   // The answer goes to the slot the stub reads (abi.h); 0 is there already.
   // A slot the space unmapped gets nothing: that space called without the stub.
   if (p->call_pending && result != 0) (void)write(p, p->call_sp, &result, sizeof result);
-  if (p->fork_answer_sp) {  // a space's fork, started: its copy of the call returns DET_CHILD
-    const long child = DET_CHILD;
-    (void)write(p, p->fork_answer_sp, &child, sizeof child);
-    p->fork_answer_sp = 0;
-  }
   // A call at its stop with registers untouched runs on as the unknown
   // number it is; anything else skips the system call and never restarts it.
   const bool runs_on =
@@ -480,7 +474,6 @@ Status PtraceMachine::set_regs(Proc* p, const det_regs& in) {
   r.orig_rax = static_cast<unsigned long long>(-1);
   // Explicit registers replace the result of whatever call it stopped in.
   p->call_pending = false;
-  p->fork_answer_sp = 0;
   if (ptrace(PTRACE_SETREGS, p->pid, nullptr, &r) != 0) {
     p->regs_dirty = p->regs_valid = false;
     (void)fetch_regs(p);

@@ -51,7 +51,6 @@ struct Proc {
   StopKind stop = StopKind::kRunning;
   bool call_pending = false;  // resume() answers the call (abi.h)
   uint64_t call_sp = 0;       // its stack pointer: the answer's slot
-  uint64_t fork_answer_sp = 0;  // a space's fork: DET_CHILD goes there at its start
   user_regs_struct regs{};    // the registers of the current stop, when valid
   bool regs_valid = false;    // regs were read (or written) at this stop
   bool regs_dirty = false;    // regs were changed here and not yet written
