@@ -201,7 +201,10 @@ Status save(const Fs& fs, const std::string& path, std::string* why = nullptr);
 // truncated or hostile with a message in *why.  The descriptor table comes
 // back empty.
 Result<Fs> load(const std::string& path, void* base, size_t size, std::string* why = nullptr);
-// Same, from bytes in memory (what the loader's fuzz target drives).
+// The bytes of the image file at path, no more than its header says it
+// holds (a longer file is refused with a message in *why).
+Result<std::vector<uint8_t>> read_image(const std::string& path, std::string* why = nullptr);
+// Same as load, from bytes in memory (what the loader's fuzz target drives).
 Result<Fs> load_bytes(const uint8_t* data, size_t len, void* base, size_t size,
                       std::string* why = nullptr);
 // Rewrites the checksums of an image in memory to match its bytes, so that

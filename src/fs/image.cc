@@ -392,7 +392,7 @@ Result<uint64_t> image_region_bytes(const std::string& path) {
   return h.nblocks * kBlockSize;
 }
 
-Result<Fs> load(const std::string& path, void* base, size_t size, std::string* why) {
+Result<std::vector<uint8_t>> read_image(const std::string& path, std::string* why) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     if (why) *why = "cannot open " + path + ": " + std::strerror(errno);
@@ -426,7 +426,13 @@ Result<Fs> load(const std::string& path, void* base, size_t size, std::string* w
     if (bytes.size() >= cap) break;
   }
   ::close(fd);
-  return load_bytes(bytes.data(), bytes.size(), base, size, why);
+  return bytes;
+}
+
+Result<Fs> load(const std::string& path, void* base, size_t size, std::string* why) {
+  auto bytes = read_image(path, why);
+  if (!bytes.ok()) return Err{bytes.err()};
+  return load_bytes(bytes->data(), bytes->size(), base, size, why);
 }
 
 }  // namespace detux::fs

@@ -262,14 +262,17 @@ long fs_save(const char* path, std::string* why) {
 long fs_load(const char* path, std::string* why) {
   if (!g_ready) return -ENOSYS;
   // Checked in a scratch region first: a refused image leaves the file
-  // system exactly as it was.
+  // system exactly as it was.  The file is read once, so what is checked is
+  // what is loaded, even if the file changes meanwhile.
+  auto bytes = fs::read_image(path, why);
+  if (!bytes.ok()) return bytes.err();
   void* scratch = mmap(nullptr, kFsSize, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (scratch == MAP_FAILED) return -ENOMEM;
-  auto check = fs::load(path, scratch, kFsSize, why);
+  auto check = fs::load_bytes(bytes->data(), bytes->size(), scratch, kFsSize, why);
   munmap(scratch, kFsSize);
   if (!check.ok()) return check.err();
-  auto r = fs::load(path, region(), kFsSize, why);
+  auto r = fs::load_bytes(bytes->data(), bytes->size(), region(), kFsSize, why);
   if (!r.ok()) return r.err();
   g_fs = *r;
   return 0;
