@@ -136,27 +136,35 @@ static mode_t image_mode(const std::string& path) {
   return 0666 & ~mask;
 }
 
-// The exact length of the image this header describes, or 0 if the header
-// itself is unsound (ImageIo::load says why).
-uint64_t described_length(const Header& h) {
-  if (!have_crc(nullptr) || h.magic != kImageMagic || h.version != kImageVersion ||
-      h.header_size != sizeof h || h.crc_header != header_crc(h))
-    return 0;
+// What is wrong with an image header on its own, or "" if nothing.
+std::string header_problem(const Header& h) {
+  if (h.magic != kImageMagic) return "not a detux file-system image (bad magic)";
+  if (h.version != kImageVersion)
+    return "image format version " + std::to_string(h.version) + " is not supported";
+  if (h.header_size != sizeof h || h.crc_header != header_crc(h))
+    return "image header is corrupt (checksum mismatch)";
   if (h.ninodes < 2 || h.ninodes > (1u << 31) || h.ninodes % kInodesPerBlock != 0 ||
       h.nblocks > (1ull << 40))
-    return 0;
+    return "image header has impossible counts";
   Geometry g = geometry(h.nblocks, h.ninodes);
-  if (g.data_start >= h.nblocks || h.inode_blocks_saved > g.inode_blocks ||
-      h.data_blocks_saved > h.nblocks - g.data_start)
-    return 0;
+  if (g.data_start >= h.nblocks) return "image header has impossible counts";
+  if (h.inode_blocks_saved > g.inode_blocks || h.data_blocks_saved > h.nblocks - g.data_start)
+    return "image header has impossible section sizes";
+  return "";
+}
+
+// The exact length of the image a sound header describes.
+uint64_t described_length(const Header& h) {
+  Geometry g = geometry(h.nblocks, h.ninodes);
   return sizeof h + kBlockSize * (1 + g.bitmap_blocks) + (g.inode_blocks + 7) / 8 +
          kBlockSize * (h.inode_blocks_saved + h.data_blocks_saved);
 }
 
-// The same, for the image file open on fd.
+// The same, for the image file open on fd; 0 if its header is unsound.
 uint64_t described_length(int fd) {
   Header h{};
   if (::pread(fd, &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h)) return 0;
+  if (!have_crc(nullptr) || !header_problem(h).empty()) return 0;
   return described_length(h);
 }
 
@@ -279,18 +287,8 @@ Result<Fs> ImageIo::load(const uint8_t* data, size_t len, void* base, size_t siz
   Header h;
   if (len < sizeof h) return refuse("truncated image: no complete header");
   std::memcpy(&h, data, sizeof h);
-  if (h.magic != kImageMagic) return refuse("not a detux file-system image (bad magic)");
-  if (h.version != kImageVersion)
-    return refuse("image format version " + std::to_string(h.version) + " is not supported");
-  if (h.header_size != sizeof h || h.crc_header != header_crc(h))
-    return refuse("image header is corrupt (checksum mismatch)");
-  if (h.ninodes < 2 || h.ninodes > (1u << 31) || h.ninodes % kInodesPerBlock != 0 ||
-      h.nblocks > (1ull << 40))
-    return refuse("image header has impossible counts");
+  if (std::string problem = header_problem(h); !problem.empty()) return refuse(problem);
   Geometry g = geometry(h.nblocks, h.ninodes);
-  if (g.data_start >= h.nblocks) return refuse("image header has impossible counts");
-  if (h.inode_blocks_saved > g.inode_blocks || h.data_blocks_saved > h.nblocks - g.data_start)
-    return refuse("image header has impossible section sizes");
   uint64_t inomap_len = (g.inode_blocks + 7) / 8;
   uint64_t want = described_length(h);
   if (len < want)
