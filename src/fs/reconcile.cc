@@ -317,10 +317,12 @@ Status Reconciler::apply_remove(const NameOp& op) {
 // file of size 0 holding blocks, which the next load refuses.
 Status Reconciler::take_all(uint32_t pino, const Inode& cn) {
   const uint64_t count = (cn.size + kBlockSize - 1) / kBlockSize;
+  std::vector<uint64_t> cbs(count);  // the child's blocks, read once (0: a hole)
   uint64_t data = 0;
   for (uint64_t fb = 0; fb < count; ++fb) {
     auto cb = c_.bmap(cn, fb);
     if (!cb.ok()) return Err{cb.err()};
+    cbs[fb] = *cb;
     data += *cb != 0;
   }
   uint64_t maps = 0;  // indirect blocks, at most
@@ -333,12 +335,10 @@ Status Reconciler::take_all(uint32_t pino, const Inode& cn) {
   p_.free_blocks_from(pn, 0);
   pn.size = 0;
   for (uint64_t fb = 0; fb < count; ++fb) {
-    auto cb = c_.bmap(cn, fb);
-    if (!cb.ok()) return Err{cb.err()};
-    if (*cb == 0) continue;
+    if (cbs[fb] == 0) continue;
     auto pb = p_.bmap(p_.inode(pino), fb, true, false);
     if (!pb.ok()) return Err{pb.err()};
-    DETUX_TRY(c_.read_block(*cb, p_.block(*pb)));
+    DETUX_TRY(c_.read_block(cbs[fb], p_.block(*pb)));
     if (fb == count - 1 && cn.size % kBlockSize)  // keep the tail-is-zero invariant
       std::memset(p_.block(*pb) + cn.size % kBlockSize, 0, kBlockSize - cn.size % kBlockSize);
   }
