@@ -22,6 +22,7 @@
 #include "harness.h"
 
 using detux::test::in_master;
+using detux::test::kill_child;
 using detux::test::ret_forever;
 using detux::test::status_of;
 using detux::test::twice;
@@ -30,7 +31,13 @@ namespace {
 
 constexpr uint64_t kPage = 4096;
 
-void kill_child(det_child_t c) { CHECK_EQ(dput(c, DET_KILL, nullptr, 0, nullptr), 0L); }
+// One read-write page mapped at exactly `addr` in the master.
+volatile uint8_t* page_at(uint64_t addr) {
+  void* p = mmap(reinterpret_cast<void*>(addr), kPage, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  CHECK(p == reinterpret_cast<void*>(addr));
+  return static_cast<volatile uint8_t*>(p);
+}
 
 // ---- A space's fork: Put Copy over the new child's stack before its start ----
 
@@ -177,10 +184,7 @@ constexpr uint64_t kNear = 0x5d0000000000ULL;  // one page mapped here, a hole a
 
 TEST(Answers, AMergeThatConflictsLeavesNoNewMappingInTheParent) {
   std::string out = twice([](std::string& out) {
-    auto* y = static_cast<volatile uint8_t*>(mmap(reinterpret_cast<void*>(kNear), kPage,
-                                                  PROT_READ | PROT_WRITE,
-                                                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0));
-    CHECK(y == reinterpret_cast<volatile uint8_t*>(kNear));
+    volatile uint8_t* y = page_at(kNear);
     y[0] = 1;
     auto* x = reinterpret_cast<volatile uint8_t*>(kNear + kPage);
     if (dfork(0) == 0) {
@@ -209,17 +213,11 @@ constexpr uint64_t kNew = 0x5c0000000000ULL;  // one page mapped before the fork
 
 TEST(Answers, ARefreshGivesTheChildPagesTheCallerMappedSinceItsSnapshot) {
   std::string out = twice([](std::string& out) {
-    auto* a = static_cast<volatile uint8_t*>(mmap(reinterpret_cast<void*>(kNew), kPage,
-                                                  PROT_READ | PROT_WRITE,
-                                                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0));
-    CHECK(a == reinterpret_cast<volatile uint8_t*>(kNew));
+    volatile uint8_t* a = page_at(kNew);
     a[0] = 1;
     if (dfork(0) == 0) ret_forever();
     CHECK_EQ(status_of(0).state, DET_S_STOPPED);
-    auto* b = static_cast<volatile uint8_t*>(mmap(reinterpret_cast<void*>(kNew + kPage), kPage,
-                                                  PROT_READ | PROT_WRITE,
-                                                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0));
-    CHECK(b == reinterpret_cast<volatile uint8_t*>(kNew + kPage));
+    volatile uint8_t* b = page_at(kNew + kPage);
     a[0] = 2;
     b[0] = 7;
     long r = dput(0, DET_MERGE, reinterpret_cast<void*>(kNew), 2 * kPage, reinterpret_cast<void*>(kNew));
@@ -244,10 +242,8 @@ TEST(Answers, AZeroThatHitsTheMemoryLimitChangesNothing) {
     l.max_spaces = 64;
     l.max_space_bytes = 64L << 20;
     CHECK_EQ(det_set_limits(&l), 0);
-    void* at = mmap(reinterpret_cast<void*>(kFar), kPage, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-    CHECK(at == reinterpret_cast<void*>(kFar));
-    std::memset(at, 0x77, kPage);
+    volatile uint8_t* at = page_at(kFar);
+    for (uint64_t i = 0; i < kPage; ++i) at[i] = 0x77;
     if (dfork(0) == 0) ret_forever();
     CHECK_EQ(status_of(0).state, DET_S_STOPPED);
     // The child's range: the last 256 bytes of that page, then 65 MiB of

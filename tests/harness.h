@@ -135,6 +135,9 @@ inline det_status status_of(det_child_t c) {
   return st;
 }
 
+// Kills child c and its subtree (Put DET_KILL).  Master code only.
+inline void kill_child(det_child_t c) { CHECK_EQ(dput(c, DET_KILL, nullptr, 0, nullptr), 0L); }
+
 // SIGKILL is pending for pid (or pid is gone): it can never run user code
 // again.  This covers a task held in its PTRACE_EVENT_EXIT stop.
 inline bool kill_pending(long pid) {

@@ -70,7 +70,7 @@ inline void note(const std::string& out) {
   if (getenv("DETUX_TEST_VERBOSE")) std::printf("  saw: %s\n", out.c_str());
 }
 
-inline void kill_child(det_child_t c) { CHECK_EQ(dput(c, DET_KILL, nullptr, 0, nullptr), 0L); }
+using detux::test::kill_child;
 
 // The master can still make a space that runs, merges and is joined.
 inline void master_still_works(std::string& out) {
