@@ -22,7 +22,8 @@ namespace detux::fs::testing {
 class Region {
  public:
   explicit Region(size_t size) : size_(size) {
-    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
     EXPECT_NE(p, MAP_FAILED);
     base_ = p;
   }

@@ -194,6 +194,30 @@ TEST_F(FsImage, ALoadedImageForgetsJoinRecordsSoAChildsChangeIsNotLost) {
   EXPECT_EQ(read_file(*back, "/f"), "the child's");
 }
 
+// A review (December 8) found that an image's header could ask for 2^31
+// inodes, and the loader then cleared (and fsck read) up to the whole 64 GiB
+// region: on this project's VMs even a read of fresh memory takes a page, so
+// the load died of memory instead of refusing.  16 inodes past the limit:
+TEST_F(FsImage, AnInodeCountPastTheLimitIsRefusedFromTheHeader) {
+  Region a(kSize);
+  Fs fs = format_in(a);
+  ASSERT_TRUE(save(fs, path_).ok());
+  std::string b = bytes();
+  const uint64_t ninodes = kMaxInodes + kInodesPerBlock;
+  std::memcpy(b.data() + 24, &ninodes, sizeof ninodes);  // Header::ninodes
+  b.resize(b.size() + 64 * 1024);                          // room for its larger inode map
+  ASSERT_TRUE(fix_image_checksums(reinterpret_cast<uint8_t*>(b.data()), b.size()));
+  put_bytes(b);
+  EXPECT_NE(refusal().find("impossible counts"), std::string::npos);
+}
+
+TEST_F(FsImage, FormatCapsTheInodeTableAtTheLoadersLimit) {
+  Region r(size_t{1} << 30);  // never touched
+  auto fs = Fs::format(r.base(), r.size(), {.ninodes = 1u << 30, .region_is_zero = true});
+  ASSERT_TRUE(fs.ok());
+  EXPECT_EQ(fs->super().ninodes, kMaxInodes);
+}
+
 TEST_F(FsImage, MissingImageGivesENOENTAndSaysSo) {
   Region r(kSize);
   std::string why;

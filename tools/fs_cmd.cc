@@ -201,7 +201,8 @@ CLI::App* add_fs_command(CLI::App& app) {
   };
   auto* mkfs = sub("mkfs", "make an empty image");
   mkfs->add_option("--size", g_opt.size_mib, "size of the file system in MiB (default 64)");
-  mkfs->add_option("--inodes", g_opt.inodes, "number of inodes (default: one per 8 blocks)");
+  mkfs->add_option("--inodes", g_opt.inodes, "number of inodes (default: one per 8 blocks)")
+      ->check(CLI::Range(uint32_t{2}, static_cast<uint32_t>(detux::fs::kMaxInodes)));
   sub("ls", "list a directory")->add_option("path", g_opt.path, "directory (default /)");
   sub("cat", "print a file")->add_option("path", g_opt.path)->required();
   auto* put = sub("put", "copy a host file into the image");

@@ -37,7 +37,7 @@ Result<Fs> Fs::format(void* base, size_t size, FormatOptions opt) {
   uint64_t nblocks = std::min<uint64_t>(size / kBlockSize, 1ull << 40);
   uint64_t ninodes = opt.ninodes ? opt.ninodes : std::max<uint64_t>(64, nblocks / 8);
   ninodes = std::min<uint64_t>((ninodes + kInodesPerBlock - 1) / kInodesPerBlock * kInodesPerBlock,
-                               1ull << 31);
+                               kMaxInodes);
   Geometry g = geometry(nblocks, ninodes);
   if (g.data_start + 4 > nblocks) return Err{-ENOSPC};
   // A region fresh from mmap is zero already: touching it would only fill

@@ -98,6 +98,15 @@ uint32_t header_crc(Header h) {
 
 bool bit(const uint8_t* map, uint64_t i) { return (map[i / 8] >> (i % 8)) & 1; }
 
+// Zeroes a block that is not zero already: on most kernels a fresh region
+// reads as zeros without holding memory, and writing zeros over zeros would
+// fill it with an image's whole, mostly empty, inode table.
+void clear_block(uint8_t* b) {
+  const auto* w = reinterpret_cast<const uint64_t*>(b);
+  for (size_t i = 0; i < kBlockSize / sizeof *w; ++i)
+    if (w[i] != 0) return (void)std::memset(b, 0, kBlockSize);
+}
+
 // Appends to a file through a buffer, remembering the first error.
 class Writer {
  public:
@@ -143,7 +152,7 @@ std::string header_problem(const Header& h) {
     return "image format version " + std::to_string(h.version) + " is not supported";
   if (h.header_size != sizeof h || h.crc_header != header_crc(h))
     return "image header is corrupt (checksum mismatch)";
-  if (h.ninodes < 2 || h.ninodes > (1u << 31) || h.ninodes % kInodesPerBlock != 0 ||
+  if (h.ninodes < 2 || h.ninodes > kMaxInodes || h.ninodes % kInodesPerBlock != 0 ||
       h.nblocks > (1ull << 40))
     return "image header has impossible counts";
   Geometry g = geometry(h.nblocks, h.ninodes);
@@ -263,7 +272,7 @@ void ImageIo::normalize(Fs& fs) {
   std::memset(&fs.fdt(), 0, kFdBlocks * kBlockSize);
   for (uint32_t i = 1; i < s.ninodes; ++i) {
     Inode& n = fs.inode(i);
-    n.opens = 0;
+    if (n.opens != 0) n.opens = 0;  // not stored into every free inode
     if (n.state == kDead || n.state == kShadow) {
       fs.reclaim(n);
     } else if (n.state == kLive && n.type == kTypeFile && n.nlink == 0) {
@@ -328,7 +337,7 @@ Result<Fs> ImageIo::load(const uint8_t* data, size_t len, void* base, size_t siz
       std::memcpy(dst, p, kBlockSize);
       p += kBlockSize;
     } else {
-      std::memset(dst, 0, kBlockSize);
+      clear_block(dst);
     }
   }
   for (uint64_t b = g.data_start; b < h.nblocks; ++b) {

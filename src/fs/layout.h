@@ -126,6 +126,12 @@ struct Inode {
 };
 static_assert(sizeof(Inode) == 256);
 constexpr uint64_t kInodesPerBlock = kBlockSize / sizeof(Inode);
+// At most 1M inodes (a 256 MiB table).  Loading an image reads every inode
+// (fsck) and clears every inode block the image leaves out, and some kernels
+// (this project's PVM guests) give even a read of untouched memory a page of
+// its own: the old limit of 2^31 let an image's header make the loader fill
+// the whole 64 GiB region and die of it.
+constexpr uint64_t kMaxInodes = 1ull << 20;
 
 struct Dirent {
   uint32_t ino;           // 0: unused (never stored inside the sorted run)
@@ -177,7 +183,9 @@ inline Geometry geometry(uint64_t nblocks, uint64_t ninodes) {
 inline bool super_layout_ok(const Super& s) {
   if (s.magic != kMagic || s.layout_version != kLayoutVersion || s.block_size != kBlockSize)
     return false;
-  if (s.ninodes < 2 || s.ninodes % kInodesPerBlock != 0 || s.nblocks > (1ull << 40)) return false;
+  if (s.ninodes < 2 || s.ninodes > kMaxInodes || s.ninodes % kInodesPerBlock != 0 ||
+      s.nblocks > (1ull << 40))
+    return false;
   Geometry g = geometry(s.nblocks, s.ninodes);
   return s.fd_start == g.fd_start && s.bitmap_start == g.bitmap_start &&
          s.bitmap_blocks == g.bitmap_blocks && s.inode_start == g.inode_start &&
