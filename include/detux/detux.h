@@ -110,7 +110,10 @@ typedef unsigned long det_child_t;
 /* Status (Get only): addr points to a struct det_status (size = its size).
  * Waits until the child stops unless DET_DONT_WAIT. */
 #define DET_STATUS 0x0100UL
-/* Exclusive create (Put only): the child must not exist yet (else -EEXIST). */
+/* Exclusive create (Put only): the child must not exist yet (else -EEXIST).
+ * The runtime gives the child a heap extent of its own and remembers it until
+ * the child is killed; a space with 4096 such children alive gets
+ * -DET_ELIMIT. */
 #define DET_FORK 0x0200UL
 /* Master only (-EPERM in a space): do not block on a running child.  With
  * DET_STATUS it polls; with anything else a running child gives -EAGAIN. */

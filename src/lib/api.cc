@@ -159,6 +159,7 @@ long dput(det_child_t child, unsigned long flags, void* addr, size_t size, void*
   }
   // A Put that forks a child gives it a heap extent of its own (rt/join.h).
   detux::rt::ForkPlan plan = detux::rt::fork_prepare(flags);
+  if (plan.refused) return plan.refused;
   long r = detux::g_in_space ? space_call(kOpPut, child, flags, addr, size, child_addr)
                              : master_call(kOpPut, child, flags, addr, size, child_addr);
   if (r == DET_CHILD) {

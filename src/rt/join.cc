@@ -100,6 +100,7 @@ struct ChildRec {
 constexpr size_t kMaxRecs = 4096;
 ChildRec g_recs[kMaxRecs];
 uint64_t g_gen = 1;
+size_t g_nrecs = 0;  // live records; a fork that could not be remembered is refused
 
 bool live(const ChildRec& r) { return r.gen == g_gen; }
 
@@ -110,6 +111,7 @@ ChildRec* find_rec(det_child_t id, bool make) {
     if (live(r) && r.id == id) return &r;
     if (!live(r) && make) {
       r = ChildRec{id, {}, g_gen, false};
+      ++g_nrecs;
       return &r;
     }
     if (!live(r)) return nullptr;
@@ -121,9 +123,11 @@ ChildRec* find_rec(det_child_t id, bool make) {
 void drop_rec(ChildRec* r) {
   size_t i = static_cast<size_t>(r - g_recs);
   g_recs[i].gen = 0;
+  --g_nrecs;
   for (size_t j = (i + 1) % kMaxRecs; live(g_recs[j]); j = (j + 1) % kMaxRecs) {
     ChildRec moved = g_recs[j];
     g_recs[j].gen = 0;
+    --g_nrecs;  // counted again as find_rec places it
     *find_rec(moved.id, true) = moved;
   }
 }
@@ -152,6 +156,12 @@ void rt_master_init() { rt_init(true); }
 
 ForkPlan fork_prepare(unsigned long flags) {
   ForkPlan plan;
+  // A child whose extent could not be remembered would have it handed out
+  // again while it lives: with every record in use, the fork is refused.
+  if ((flags & DET_FORK) && g_nrecs == kMaxRecs) {
+    plan.refused = -DET_ELIMIT;
+    return plan;
+  }
   if (flags & DET_FORK) plan.extent = heap_carve_child();
   if ((flags & DET_FORK) && !g_in_space) heap_rejoin_huge_pages();
   plan.parent_in_space = g_in_space;
@@ -160,6 +170,7 @@ ForkPlan fork_prepare(unsigned long flags) {
 
 void fork_child(const ForkPlan& plan, det_child_t self) {
   ++g_gen;  // the parent's records are not this space's
+  g_nrecs = 0;
   rt_child_start(self, plan.extent, plan.parent_in_space);
 }
 
@@ -167,7 +178,7 @@ void fork_done(const ForkPlan& plan, det_child_t child, long r) {
   if (plan.extent.size() == 0) return;
   ChildRec* rec = r >= 0 ? find_rec(child, true) : nullptr;
   if (rec) rec->extent = plan.extent;
-  else heap_give_back(plan.extent);  // failed, or no room to remember it
+  else heap_give_back(plan.extent);  // no child was made (fork_prepare kept a record free)
 }
 
 void child_merged(det_child_t child) {

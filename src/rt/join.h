@@ -22,6 +22,7 @@ namespace detux::rt {
 struct ForkPlan {
   Extent extent;
   bool parent_in_space = false;
+  long refused = 0;  // -DET_ELIMIT: the caller has kMaxRecs live children already
 };
 ForkPlan fork_prepare(unsigned long flags);         // parent, before the Put
 void fork_child(const ForkPlan& plan, det_child_t self);  // in the new child
