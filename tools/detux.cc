@@ -22,7 +22,9 @@
 #include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/personality.h>
+#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -83,6 +85,17 @@ void warn_of_holes() {
                what.c_str());
 }
 
+// The signals that ask a job to stop go on to PROGRAM, whose own handling
+// (det_allow_signals, its atexit save of the file system) then decides.
+pid_t g_program = 0;
+void forward_signals_to(pid_t pid) {
+  g_program = pid;
+  struct sigaction sa {};
+  sa.sa_handler = [](int sig) { kill(g_program, sig); };
+  sa.sa_flags = SA_RESTART;
+  for (int sig : {SIGHUP, SIGINT, SIGQUIT, SIGTERM}) sigaction(sig, &sa, nullptr);
+}
+
 int run(const std::vector<std::string>& cmd, bool trace, const std::vector<std::string>& extra) {
   warn_of_holes();
   std::vector<std::string> env = fixed_env(trace, extra);
@@ -92,13 +105,16 @@ int run(const std::vector<std::string>& cmd, bool trace, const std::vector<std::
   for (const auto& e : env) envp.push_back(const_cast<char*>(e.c_str()));
   envp.push_back(nullptr);
   std::fflush(nullptr);
+  const pid_t parent = getpid();
   pid_t pid = fork();
   if (pid < 0) {
     std::perror("detux: fork");
     return 125;
   }
   if (pid == 0) {
-    if (personality(ADDR_NO_RANDOMIZE) < 0 || ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != 0) {
+    // Dies with the tool: a killed `detux run` leaves no master behind.
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent ||
+        personality(ADDR_NO_RANDOMIZE) < 0 || ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != 0) {
       std::perror("detux: setting up the program");
       _exit(125);
     }
@@ -113,6 +129,7 @@ int run(const std::vector<std::string>& cmd, bool trace, const std::vector<std::
       std::fprintf(stderr, "detux: cannot fix AT_RANDOM of %s\n", argv[0]);
       kill(pid, SIGKILL);
     }
+    forward_signals_to(pid);
     ptrace(PTRACE_DETACH, pid, nullptr, nullptr);
     while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
     }
@@ -120,6 +137,20 @@ int run(const std::vector<std::string>& cmd, bool trace, const std::vector<std::
   if (WIFEXITED(st)) return WEXITSTATUS(st);
   if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
   return 125;
+}
+
+// Where PROGRAM stands in `detux run [OPTIONS] [--] PROGRAM ARGS...`: the
+// first argument that is neither an option of run nor an option's value.
+int program_index(int argc, char** argv) {
+  auto takes_value = [](const char* a) {
+    return !std::strcmp(a, "--fs") || !std::strcmp(a, "--env") || !std::strcmp(a, "--image");
+  };
+  int i = 2;
+  while (i < argc && argv[i][0] == '-') {
+    if (!std::strcmp(argv[i], "--")) return i + 1 < argc ? i + 1 : argc;  // CLI11 never sees "--"
+    i += takes_value(argv[i]) ? 2 : 1;
+  }
+  return std::min(i, argc);
 }
 
 }  // namespace
@@ -134,26 +165,24 @@ int main(int argc, char** argv) {
   run_cmd->add_flag("--trace", trace, "log every call and stop of every space to stderr");
   run_cmd->add_option("--fs", fs_image,
                       "the spaces' file system: load IMAGE at start (if it exists), save it at exit");
-  run_cmd->add_option("--env", extra, "add VAR=VALUE to the fixed environment");
+  run_cmd->add_option("--env", extra, "add VAR=VALUE to the fixed environment")
+      ->allow_extra_args(false);
   std::vector<std::string> images;
-  run_cmd->add_option("--image", images, "let spaces exec the program at PATH by NAME (NAME=PATH)");
-  // One positional only: with a list, CLI11 gave the program's own
-  // arguments that follow its options ("--size 4") to the list out of order.
-  std::string program;
-  run_cmd->add_option("program", program, "PROGRAM (its arguments follow)")->required();
-  run_cmd->prefix_command();  // everything after PROGRAM belongs to it
+  run_cmd->add_option("--image", images, "let spaces exec the program at PATH by NAME (NAME=PATH)")
+      ->allow_extra_args(false);
+  run_cmd->footer("PROGRAM ARGS... follow the options (or a \"--\").");
   auto* fs_cmd = add_fs_command(app);
-  CLI11_PARSE(app, argc, argv);
+  // CLI11 sees only what comes before PROGRAM: given the rest, it took
+  // PROGRAM as one more --env value, and PROGRAM's own options as detux's.
+  const int program_at = argc > 1 && std::strcmp(argv[1], "run") == 0 ? program_index(argc, argv) : argc;
+  CLI11_PARSE(app, program_at, argv);
   if (fs_cmd->parsed()) return run_fs_command();
   if (run_cmd->parsed()) {
-    cmd.push_back(program);
-    std::vector<std::string> rest = run_cmd->remaining();
-    // `detux run -- PROGRAM ARGS`: CLI11 passes the "--" on; it is ours.
-    bool dashes_first = false;
-    for (int i = 1; i < argc && program != argv[i]; ++i)
-      if (std::strcmp(argv[i], "--") == 0) dashes_first = true;
-    if (dashes_first && !rest.empty() && rest.front() == "--") rest.erase(rest.begin());
-    for (const auto& r : rest) cmd.push_back(r);
+    if (program_at >= argc) {
+      std::fprintf(stderr, "detux run: PROGRAM is required\nRun with --help for more information.\n");
+      return 2;
+    }
+    cmd.assign(argv + program_at, argv + argc);
     std::string list;
     for (const auto& im : images) {
       size_t eq = im.find('=');

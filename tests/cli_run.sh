@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Tests of `detux run`'s command line and of its life beside PROGRAM:
+#  - its options stop at PROGRAM: PROGRAM's own options are PROGRAM's, and a
+#    repeated --env or --image never takes PROGRAM as one more value (both
+#    did, under CLI11's list options, until a review on December 8);
+#  - a TERM sent to the tool reaches PROGRAM, and a tool killed with KILL
+#    takes PROGRAM with it (it used to run on, orphaned).
+#   cli_run.sh BUILD_DIR
+set -euo pipefail
+detux="$(cd "$1" && pwd)/tools/detux"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+run() { "$detux" run "$@" 2>/dev/null; }
+
+[ "$(run --env A=1 /bin/echo -n hi)" = hi ] || fail "--env took PROGRAM"
+[ "$(run /bin/echo --env x --trace)" = "--env x --trace" ] || fail "PROGRAM's options went to detux"
+[ "$(run -- /bin/echo --fs y)" = "--fs y" ] || fail "-- before PROGRAM"
+env=$(run --env A=1 --env B=2 --fs=$work/x.img /usr/bin/env)
+grep -qx A=1 <<<"$env" && grep -qx B=2 <<<"$env" || fail "repeated --env: $env"
+if "$detux" run --trace >/dev/null 2>err; then fail "no PROGRAM accepted"; fi
+grep -q "PROGRAM is required" err || fail "no PROGRAM: $(cat err)"
+
+# TERM to the tool: PROGRAM's handler runs and its status comes back.
+"$detux" run /bin/sh -c 'trap "echo got TERM; exit 3" TERM; echo ready; while :; do sleep 0.05; done' \
+  >out 2>/dev/null &
+tool=$!
+for _ in $(seq 100); do grep -q ready out 2>/dev/null && break; sleep 0.05; done
+kill -TERM "$tool"
+rc=0; wait "$tool" || rc=$?
+[ "$rc" = 3 ] && grep -q "got TERM" out || fail "TERM was not forwarded: rc $rc, $(cat out)"
+
+# KILL to the tool: PROGRAM dies with it.
+"$detux" run /bin/sh -c 'echo $$ > pid; while :; do sleep 0.05; done' 2>/dev/null &
+tool=$!
+for _ in $(seq 100); do [ -s pid ] && break; sleep 0.05; done
+program=$(cat pid)
+kill -KILL "$tool"
+wait "$tool" 2>/dev/null || true
+for _ in $(seq 100); do kill -0 "$program" 2>/dev/null || break; sleep 0.05; done
+if kill -0 "$program" 2>/dev/null; then kill -KILL "$program"; fail "PROGRAM outlived a killed tool"; fi
+echo "cli: 8 passed, 0 failed"
