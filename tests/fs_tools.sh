@@ -55,4 +55,29 @@ printf '\xff' | dd of=bad.img bs=1 seek=5000 conv=notrunc status=none
 if "$detux" fs fsck bad.img 2>fsck.err; then fail "fsck accepted a corrupt image"; fi
 grep -q checksum fsck.err || fail "fsck message: $(cat fsck.err)"
 if "$detux" fs ls bad.img 2>/dev/null; then fail "ls accepted a corrupt image"; fi
-echo "tools: 12 passed, 0 failed"
+printf '\xff' | dd of=bad.img bs=1 seek=20 conv=notrunc status=none  # in the header
+if "$detux" fs ls bad.img 2>ls.err; then fail "ls accepted a corrupt header"; fi
+grep -q "header is corrupt" ls.err || fail "header message: $(cat ls.err)"
+
+# What a review found on December 8 (each of these failed before):
+# two commands at once both land (each held the image only while it ran, and
+# the later save dropped the other's change);
+for i in $(seq 8); do
+  "$detux" fs mkdir t.img /a$i 2>/dev/null & "$detux" fs mkdir t.img /b$i 2>/dev/null & wait
+done
+[ "$("$detux" fs ls t.img | wc -l)" = 17 ] || fail "parallel commands lost changes: $("$detux" fs ls t.img)"
+# a get that cannot read its source, or whose target is the image, leaves
+# the host file as it was;
+echo precious > keep.txt
+if "$detux" fs get t.img /a1 keep.txt 2>/dev/null; then fail "get of a directory"; fi
+[ "$(cat keep.txt)" = precious ] || fail "a refused get truncated its target"
+"$detux" fs put t.img keep.txt /keep
+if "$detux" fs get t.img /keep t.img 2>/dev/null; then fail "get over the image itself"; fi
+"$detux" fs fsck t.img >/dev/null || fail "get over the image itself destroyed it"
+# an image reached through a symbolic link stays the link's target;
+ln -s t.img link.img
+"$detux" fs mkdir link.img /via-link
+[ -L link.img ] && "$detux" fs ls t.img | grep -q ' via-link/$' || fail "a save replaced the link"
+# output that cannot be written is a failure.
+if [ -e /dev/full ] && "$detux" fs cat t.img /keep >/dev/full 2>/dev/null; then fail "cat to a full device"; fi
+echo "tools: 18 passed, 0 failed"

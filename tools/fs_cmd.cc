@@ -12,13 +12,15 @@
 //
 // Each command loads the whole image into an anonymous region (the loader
 // validates it), works on it through the same Fs API a space uses, and, if
-// it changed anything, saves it back atomically.  Errors print one line and
-// exit 1.
+// it changed anything, saves it back atomically, holding the image's lock
+// from the load to the save (fs.h's ImageLock), so that two commands at once
+// never lose one's change.  Errors print one line and exit 1.
 #include "fs_cmd.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -41,6 +43,7 @@ struct Options {
 };
 
 Options g_opt;
+detux::fs::ImageLock g_lock;  // held by a command that saves the image back
 
 // An anonymous mapping holding one file system.
 class Region {
@@ -69,14 +72,11 @@ int fail(const std::string& what, long err) { return fail(what + ": " + detux::f
 
 // Loads g_opt.image into a fresh region; prints why on failure.
 bool open_image(std::unique_ptr<Region>& region, Fs& fs) {
-  auto need = detux::fs::image_region_bytes(g_opt.image);
-  if (!need.ok()) {
-    fail(g_opt.image + ": not a readable detux image", need.err());
-    return false;
-  }
+  std::string why;
+  auto need = detux::fs::image_region_bytes(g_opt.image, &why);
+  if (!need.ok()) return fail(g_opt.image + ": " + why), false;
   region = std::make_unique<Region>(*need);
   if (!region->base()) return fail("cannot map " + std::to_string(*need) + " bytes"), false;
-  std::string why;
   auto loaded = detux::fs::load(g_opt.image, region->base(), region->size(), &why);
   if (!loaded.ok()) return fail(g_opt.image + ": " + why), false;
   fs = *loaded;
@@ -85,8 +85,14 @@ bool open_image(std::unique_ptr<Region>& region, Fs& fs) {
 
 int save_image(const Fs& fs) {
   std::string why;
-  if (!detux::fs::save(fs, g_opt.image, &why).ok()) return fail(why);
+  if (!detux::fs::save(fs, g_opt.image, &why, &g_lock).ok()) return fail(why);
   return 0;
+}
+
+// What a command printed must have reached stdout (`> /dev/full` is a failure).
+int flushed(int rc) {
+  if (rc == 0 && (std::fflush(stdout) != 0 || std::ferror(stdout))) return fail("writing to stdout", -errno);
+  return rc;
 }
 
 int cmd_mkfs() {
@@ -149,6 +155,14 @@ int cmd_put(Fs& fs) {
 }
 
 int cmd_get(Fs& fs) {
+  // Everything that can refuse is asked before the host file is truncated.
+  auto st = fs.stat(g_opt.path);
+  if (!st.ok()) return fail(g_opt.path, st.err());
+  if (st->type != detux::fs::kTypeFile) return fail(g_opt.path, -EISDIR);
+  struct stat image, host;
+  if (::stat(g_opt.image.c_str(), &image) == 0 && ::stat(g_opt.host.c_str(), &host) == 0 &&
+      image.st_dev == host.st_dev && image.st_ino == host.st_ino)
+    return fail(g_opt.host + ": is the image itself");
   auto fd = fs.open(g_opt.path, O_RDONLY);
   if (!fd.ok()) return fail(g_opt.path, fd.err());
   int out = ::open(g_opt.host.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -221,17 +235,21 @@ CLI::App* add_fs_command(CLI::App& app) {
 }
 
 int run_fs_command() {
+  const bool writes = g_opt.command == "mkfs" || g_opt.command == "put" || g_opt.command == "mkdir" ||
+                      g_opt.command == "rm";
+  std::string why;
+  if (writes && !g_lock.take(g_opt.image, &why).ok()) return fail(why);
   if (g_opt.command == "mkfs") return cmd_mkfs();
   std::unique_ptr<Region> region;
   Fs fs;
   if (!open_image(region, fs)) return 1;
-  if (g_opt.command == "ls") return cmd_ls(fs);
-  if (g_opt.command == "cat") return cmd_cat(fs);
+  if (g_opt.command == "ls") return flushed(cmd_ls(fs));
+  if (g_opt.command == "cat") return flushed(cmd_cat(fs));
   if (g_opt.command == "put") return cmd_put(fs);
   if (g_opt.command == "get") return cmd_get(fs);
   if (g_opt.command == "mkdir") return cmd_mkdir(fs);
   if (g_opt.command == "rm") return cmd_rm(fs);
-  if (g_opt.command == "fsck") return cmd_fsck(fs);
+  if (g_opt.command == "fsck") return flushed(cmd_fsck(fs));
   if (g_opt.command == "mount") return mount_fs(fs, g_opt.mountpoint, g_opt.foreground);
   return fail("unknown command " + g_opt.command);
 }

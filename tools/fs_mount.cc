@@ -63,6 +63,8 @@ int op_readdir(const char* path, void* buf, fuse_fill_dir_t filler, off_t, fuse_
 int op_open(const char* path, fuse_file_info* fi) {
   if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) return -EROFS;
   auto fd = g_fs->open(path, O_RDONLY);
+  // The image's 256-entry descriptor table is the mount's, not the caller's.
+  if (fd.err() == -EMFILE) return -ENFILE;
   if (!fd.ok()) return errno_of(fd.err());
   fi->fh = static_cast<uint64_t>(*fd);
   return 0;

@@ -194,9 +194,35 @@ class Fs {
 // but always structurally sound.
 Result<JoinReport> reconcile(Fs& parent, RegionReader& child);
 
+// An exclusive lock on an image file, for one who will save it back (a
+// `detux fs` command that changes it, or `detux run --fs`): a second writer
+// waits, so that neither's save drops the other's change.  Readers take none:
+// a save replaces the file whole.  The lock is the image file's own flock;
+// save() moves it to the file it renames into place.
+class ImageLock {
+ public:
+  ImageLock() = default;
+  ImageLock(ImageLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  ImageLock& operator=(ImageLock&& o) noexcept;
+  ImageLock(const ImageLock&) = delete;
+  ~ImageLock();
+  // Waits until no one else holds the image at path, then holds it; an
+  // image that does not exist yet holds nothing.  Says on stderr that it
+  // waits.
+  Status take(const std::string& path, std::string* why = nullptr);
+  bool held() const { return fd_ >= 0; }
+
+ private:
+  friend class ImageIo;
+  int fd_ = -1;
+};
+
 // Writes a compact image (only used blocks) atomically: a temporary file in
-// the same directory, fsync, rename, fsync of the directory.
-Status save(const Fs& fs, const std::string& path, std::string* why = nullptr);
+// the same directory, fsync, rename, fsync of the directory.  A path that is
+// a symbolic link saves to its target.  With lock, the new file is locked
+// before it is renamed into place and the lock moves to it.
+Status save(const Fs& fs, const std::string& path, std::string* why = nullptr,
+            ImageLock* lock = nullptr);
 // Loads an image into [base, base+size), refusing anything corrupt,
 // truncated or hostile with a message in *why.  The descriptor table comes
 // back empty.
@@ -211,9 +237,9 @@ Result<Fs> load_bytes(const uint8_t* data, size_t len, void* base, size_t size,
 // a fuzzer's mutations reach the structural checks.  False if the header's
 // sizes do not fit the buffer.  For fuzzing and tests only.
 bool fix_image_checksums(uint8_t* data, size_t len);
-// The region size an image needs (from its header), -EINVAL if it is not
-// an image.
-Result<uint64_t> image_region_bytes(const std::string& path);
+// The region size an image needs (from its header); -EINVAL, and the reason
+// in *why, if it is not a sound image header.
+Result<uint64_t> image_region_bytes(const std::string& path, std::string* why = nullptr);
 // Full structural check of a live file system.
 FsckReport fsck(const Fs& fs);
 

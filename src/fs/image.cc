@@ -27,11 +27,14 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -179,7 +182,7 @@ uint64_t described_length(int fd) {
 
 class ImageIo {
  public:
-  static Status save(const Fs& fs, const std::string& path, std::string* why);
+  static Status save(const Fs& fs, const std::string& path, std::string* why, ImageLock* lock);
   static Result<Fs> load(const uint8_t* data, size_t len, void* base, size_t size, std::string* why);
 
  private:
@@ -233,12 +236,17 @@ int ImageIo::write_image(const Fs& fs, int fd) {
   return 0;
 }
 
-Status ImageIo::save(const Fs& fs, const std::string& path, std::string* why) {
+Status ImageIo::save(const Fs& fs, const std::string& given, std::string* why, ImageLock* lock) {
   auto fail = [&](int err, const std::string& what) {
     if (why) *why = what + ": " + std::strerror(err);
     return err_status(-err);
   };
   if (fs.base() == nullptr) return fail(EINVAL, "no file system");
+  // Through a symbolic link to its target: a rename over the link itself
+  // would replace the link with a file and leave the target as it was.
+  char* real = realpath(given.c_str(), nullptr);
+  const std::string path = real ? real : given;
+  free(real);
   size_t slash = path.rfind('/');
   std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
   std::string tmp = path + ".tmp-XXXXXX";
@@ -247,11 +255,18 @@ Status ImageIo::save(const Fs& fs, const std::string& path, std::string* why) {
   int err = fchmod(fd, image_mode(path)) == 0 ? 0 : errno;
   if (err == 0) err = write_image(fs, fd);
   if (err == 0 && fsync(fd) != 0) err = errno;
-  if (::close(fd) != 0 && err == 0) err = errno;
+  if (err == 0 && lock && flock(fd, LOCK_EX) != 0) err = errno;  // no one knows the file yet
   if (err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
   if (err != 0) {
+    ::close(fd);
     ::unlink(tmp.c_str());
     return fail(err, "cannot write " + path);
+  }
+  if (lock) {
+    *lock = ImageLock();
+    lock->fd_ = fd;
+  } else if (::close(fd) != 0) {
+    return fail(errno, "cannot write " + path);
   }
   int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0) return fail(errno, "cannot open " + dir + " to sync it");
@@ -376,9 +391,47 @@ bool fix_image_checksums(uint8_t* data, size_t len) {
   return true;
 }
 
-Status save(const Fs& fs, const std::string& path, std::string* why) {
+Status save(const Fs& fs, const std::string& path, std::string* why, ImageLock* lock) {
   if (!have_crc(why)) return Err{-ENOSYS};
-  return ImageIo::save(fs, path, why);
+  return ImageIo::save(fs, path, why, lock);
+}
+
+ImageLock& ImageLock::operator=(ImageLock&& o) noexcept {
+  if (this != &o) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = o.fd_;
+    o.fd_ = -1;
+  }
+  return *this;
+}
+
+ImageLock::~ImageLock() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Status ImageLock::take(const std::string& path, std::string* why) {
+  auto fail = [&](int err) {
+    if (why) *why = "cannot lock " + path + ": " + std::strerror(err);
+    return err_status(-err);
+  };
+  *this = ImageLock();
+  for (bool said = false;;) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT ? ok_status() : fail(errno);
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      if (!said) std::fprintf(stderr, "detux: waiting for %s: another detux is changing it\n", path.c_str());
+      said = true;
+      while (flock(fd, LOCK_EX) != 0)
+        if (errno != EINTR) return ::close(fd), fail(errno);
+    }
+    struct stat held, now;
+    if (fstat(fd, &held) == 0 && ::stat(path.c_str(), &now) == 0 && held.st_dev == now.st_dev &&
+        held.st_ino == now.st_ino) {
+      fd_ = fd;
+      return ok_status();
+    }
+    ::close(fd);  // the holder's save replaced the file meanwhile: lock the new one
+  }
 }
 
 Result<Fs> load_bytes(const uint8_t* data, size_t len, void* base, size_t size, std::string* why) {
@@ -386,16 +439,21 @@ Result<Fs> load_bytes(const uint8_t* data, size_t len, void* base, size_t size, 
   return ImageIo::load(data, len, base, size, why);
 }
 
-Result<uint64_t> image_region_bytes(const std::string& path) {
+Result<uint64_t> image_region_bytes(const std::string& path, std::string* why) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return Err{-errno};
+  if (fd < 0) {
+    if (why) *why = std::strerror(errno);
+    return Err{-errno};
+  }
   Header h{};
   ssize_t n = ::pread(fd, &h, sizeof h, 0);
   ::close(fd);
-  if (!have_crc(nullptr)) return Err{-ENOSYS};
-  if (n != static_cast<ssize_t>(sizeof h) || h.magic != kImageMagic || h.crc_header != header_crc(h) ||
-      h.nblocks > (1ull << 40))
+  if (!have_crc(why)) return Err{-ENOSYS};
+  std::string problem = n == static_cast<ssize_t>(sizeof h) ? header_problem(h) : "truncated image: no complete header";
+  if (!problem.empty()) {
+    if (why) *why = problem;
     return Err{-EINVAL};
+  }
   return h.nblocks * kBlockSize;
 }
 
