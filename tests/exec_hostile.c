@@ -13,7 +13,19 @@
  *                        exit_group with ENOSYS, the detux call included:
  *                        9 if refused (EINVAL), 10 if installed
  *   exec_hostile filter-allow  installs a filter that allows every call:
- *                        10 if installed, 9 if refused */
+ *                        10 if installed, 9 if refused
+ * and two that report for duty (kOpBirth) without the runtime, having left
+ * out part of what the runtime does first (a review found both accepted, on
+ * December 8; the master now checks and confines a new program itself):
+ *   exec_hostile birth-shared  keeps a MAP_SHARED page (a child space would
+ *                        share it): its birth must fault the space
+ *   exec_hostile cwd-stat      fstat of AT_FDCWD ("" with AT_EMPTY_PATH): the
+ *                        master's directory, changing as files come and go:
+ *                        23 if refused (ENOENT), 22 if it saw it
+ *   exec_hostile birth-loose   stacks, instead of the space filter, one that
+ *                        marks the detux call and allows everything else,
+ *                        then maps a shared page: that call must fault */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/filter.h>
@@ -21,6 +33,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/auxv.h>
@@ -28,8 +42,55 @@
 #include <unistd.h>
 #include <x86intrin.h>
 
+/* The detux call as the runtime makes it (gadget.S), and a gadget for the
+ * master to inject through. */
+long dcall(long op, long child, long flags, long addr, long size, long child_addr);
+extern char hostile_gadget[];
+__asm__(".text\n.globl dcall\ndcall:\n push $0\n mov %rcx, %r10\n mov $0xde7, %eax\n syscall\n"
+        " pop %rcx\n cmp $-38, %rax\n cmove %rcx, %rax\n ret\n"
+        ".globl hostile_gadget\nhostile_gadget:\n syscall\n int3\n");
+static char carry[1 << 16];
+
+static int birth(const struct sock_fprog* own) {
+  static struct sock_filter prog[4096];
+  struct sock_fprog fp = {0, prog};
+  if (own) {
+    fp = *own;
+  } else {
+    long got = pread(3, prog, sizeof prog, 0); /* the space filter the master gave */
+    if (got <= 0) return 30;
+    fp.len = (unsigned short)(got / sizeof(struct sock_filter));
+  }
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return 31;
+  if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fp) != 0) return 32;
+  dcall(4 /* kOpBirth */, 0, 0, (long)carry, sizeof carry, (long)hostile_gadget);
+  return 0;
+}
+
+static const char* what_of(int argc, char** argv) { return argc > 1 ? argv[1] : ""; }
+
 int main(int argc, char** argv) {
   if (argc < 2) return 100;
+  if (!strcmp(what_of(argc, argv), "birth-shared")) {
+    void* shared = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (shared == MAP_FAILED) return 33;
+    int r = birth(NULL);
+    return r ? r : 20;
+  }
+  if (!strcmp(what_of(argc, argv), "birth-loose")) {
+    struct sock_filter loose[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0xde7, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRACE | 1 /* kSeccompCall */),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog fp = {4, loose};
+    close(3); /* as the runtime does: no descriptor may stay open */
+    int r = birth(&fp);
+    if (r) return r;
+    void* shared = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    return shared == MAP_FAILED ? 34 : 21;
+  }
   const char* what = argv[1];
   if (!strcmp(what, "read")) {
     int fd = open("/etc/hostname", O_RDONLY);
@@ -56,6 +117,10 @@ int main(int argc, char** argv) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int)(ts.tv_nsec & 0x7f);
+  }
+  if (!strcmp(what, "cwd-stat")) {
+    struct stat st;
+    return syscall(SYS_newfstatat, AT_FDCWD, "", &st, AT_EMPTY_PATH) == 0 ? 22 : 23;
   }
   if (!strcmp(what, "write")) {
     return write(1, "escaped\n", 8) == 8 ? 7 : 8;

@@ -184,8 +184,9 @@ TEST(Exec, AHostileImageWithoutTheRuntimeCannotReachTheHost) {
   const bool tsc_trapped = detux::confine::tsc_faulting_honoured();
   if (!tsc_trapped)
     std::printf("HOST HOLE: rdtsc does not fault on this machine; the \"tsc\" mode is left out\n");
-  std::vector<const char*> modes = {"read", "vdso", "create", "overwrite", "time", "write",
-                                    "filter-deny", "filter-allow"};
+  std::vector<const char*> modes = {"read",        "vdso",         "create",       "overwrite",
+                                    "time",        "write",        "filter-deny",  "filter-allow",
+                                    "birth-shared", "birth-loose", "cwd-stat"};
   if (tsc_trapped) modes.insert(modes.begin() + 2, "tsc");
   std::string victim = "/tmp/detux-exec-victim-" + std::to_string(getpid());
   unlink(victim.c_str());
@@ -215,7 +216,10 @@ TEST(Exec, AHostileImageWithoutTheRuntimeCannotReachTheHost) {
                 "time: child 1 killed by signal 31\n"
                 "write: child 1 killed by signal 31\n"
                 "filter-deny: child 1 exited 9\n"
-                "filter-allow: child 1 exited 10\n");
+                "filter-allow: child 1 exited 10\n"
+                "birth-shared: child 1 killed by signal 4\n"  // refused at its birth
+                "birth-loose: child 1 killed by signal 31\n"  // its shared mmap
+                "cwd-stat: child 1 exited 23\n");
 }
 
 // A thread (a dfork on a snapshot) that execs has no snapshot of its new

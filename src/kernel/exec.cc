@@ -128,6 +128,10 @@ long Kernel::exec(Space& s, const Call& c) {
 // The new program's kOpBirth: hand it what was carried; the answer is the
 // carried block's length (it asked for it at [ev.addr, ev.addr+ev.size)).
 void Kernel::exec_arrived(Space& s, const StopEvent& ev) {
+  if (!m_.confine_born(s.proc, ev.addr, ev.size).ok()) {
+    fault(s, DET_FAULT_BADCALL, 0, 0, 0);
+    return;
+  }
   std::unique_ptr<ExecCarry> x = std::move(s.exec);
   long r = static_cast<long>(x->carry.size());
   uint64_t n = std::min<uint64_t>(ev.size, x->carry.size());

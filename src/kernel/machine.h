@@ -160,6 +160,13 @@ class Machine {
   virtual Result<Proc*> exec_space(std::span<const uint8_t> image,
                                    const std::vector<std::string>& argv,
                                    const std::vector<std::string>& envp) = 0;
+  // That program's kOpBirth, before anything is carried over: its runtime
+  // confined it, but its code is not trusted to have.  Check what can be
+  // seen (no shared mapping, no open descriptor) and do again what cannot
+  // (the space's filter and traps, put on by the machine itself).  -EPERM:
+  // it is not a space, and faults.  [scratch, +len): its memory, for the
+  // machine's use (where it asked for the carried bytes).
+  virtual Status confine_born(Proc* p, uint64_t scratch, size_t len) = 0;
 };
 
 // A NUL-terminated string at addr in p's memory, read a page at a time (so

@@ -27,9 +27,14 @@
 //     other call faults the space.  So whatever the image does before it is
 //     confined, it can read only what the master also reads.
 //   * The runtime in the new program (rt/exec.cc) stacks the space filter
-//     from fd 3 on the load filter and reports with kOpBirth; from then on
-//     the process is an ordinary space.  A program without detux's runtime
-//     never gets that far: it runs, supervised, until it faults or exits.
+//     from fd 3 on the load filter and reports with kOpBirth.  That report
+//     proves nothing (any code can make it), so the master then checks the
+//     program has no shared mapping and no open descriptor, and stacks the
+//     space filter, rdtsc and cpuid faulting itself (confine_born); from
+//     then on the process is an ordinary space.  A program without detux's
+//     runtime never gets that far: it runs, supervised, until it faults or
+//     exits, or is refused at its kOpBirth.
+#include <dirent.h>
 #include <elf.h>
 #include <errno.h>
 #include <asm/prctl.h>
@@ -285,7 +290,54 @@ bool opens_read_only(long flags) {
   return (flags & (O_ACCMODE | O_CREAT | O_TRUNC | O_APPEND | __O_TMPFILE)) == 0;
 }
 
+// Whether pid has a shared mapping (which a child space would share).
+bool has_shared_mapping(pid_t pid) {
+  const std::string path = "/proc/" + std::to_string(pid) + "/maps";
+  OwnedFd maps{open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (maps.fd < 0) return true;
+  Vma v;
+  const VmaAnswer a = vma_at_or_after(maps.fd, 0, kVmaShared, &v);
+  if (a != VmaAnswer::kUnsupported) return a == VmaAnswer::kFound;
+  std::ifstream text(path);  // before Linux 6.11: "start-end rwxs ..."
+  std::string range, perms, rest;
+  while (text >> range >> perms && std::getline(text, rest))
+    if (perms.size() == 4 && perms[3] == 's') return true;
+  return !text.eof();
+}
+
+// Whether pid holds any open descriptor.
+bool has_descriptor(pid_t pid) {
+  DIR* d = opendir(("/proc/" + std::to_string(pid) + "/fd").c_str());
+  if (!d) return true;
+  bool any = false;
+  while (dirent* e = readdir(d)) any = any || e->d_name[0] != '.';
+  closedir(d);
+  return any;
+}
+
 }  // namespace
+
+Status PtraceMachine::confine_born(Proc* p, uint64_t scratch, size_t len) {
+  if (has_shared_mapping(p->pid) || has_descriptor(p->pid)) return Err{-EPERM};
+  // The filter and its sock_fprog in the program's own memory, where the
+  // seccomp call injected through its gadget (which inject checks) reads it.
+  const auto& sf = space_filter();
+  const uint64_t prog = (scratch + 7) & ~uint64_t{7};
+  const uint64_t bytes = sf.size() * sizeof(sock_filter);
+  const uint64_t fprog_at = prog + bytes;
+  if (prog < scratch || len < prog - scratch + bytes + sizeof(sock_fprog)) return Err{-EPERM};
+  const sock_fprog fp{static_cast<unsigned short>(sf.size()), reinterpret_cast<sock_filter*>(prog)};
+  DETUX_TRY(write(p, prog, sf.data(), bytes));
+  DETUX_TRY(write(p, fprog_at, &fp, sizeof fp));
+  auto call = [&](long nr, long a0, long a1, long a2) -> Status {
+    const long args[6] = {a0, a1, a2, 0, 0, 0};
+    auto r = inject(p, nr, args);
+    return r.ok() && *r == 0 ? ok_status() : Status(Err{-EPERM});
+  };
+  DETUX_TRY(call(SYS_prctl, PR_SET_TSC, PR_TSC_SIGSEGV, 0));
+  if (confine::cpuid_faulting_supported()) DETUX_TRY(call(SYS_arch_prctl, ARCH_SET_CPUID, 0, 0));
+  return call(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, static_cast<long>(fprog_at));
+}
 
 // Let through what a dynamic loader and a C runtime's start-up need; answer
 // the calls whose true results would differ between runs; refuse the rest.
@@ -314,7 +366,8 @@ bool PtraceMachine::load_call(Proc* p) {
     case SYS_newfstatat: {
       auto path = path_at(a1);
       if (!path.ok()) d = answer(-EFAULT);
-      else if (path->empty() && (a3 & AT_EMPTY_PATH)) d = allow();  // fstat
+      else if (path->empty() && (a3 & AT_EMPTY_PATH))  // fstat, never of the master's directory
+        d = static_cast<int>(a0) == AT_FDCWD ? answer(-ENOENT) : allow();
       else d = static_cast<int>(a0) == AT_FDCWD ? by_path(a1, false) : refuse();
       break;
     }

@@ -366,8 +366,13 @@ Result<long> PtraceMachine::inject(Proc* p, long nr, const long (&args)[6], pid_
                                    uint64_t gadget) {
   DETUX_TRY(fetch_regs(p));
   if (gadget == 0) gadget = p->gadget;
-  // A program still loading runs under the load filter only.
-  const unsigned long want_data = p->loading ? abi::kSeccompLoad : abi::kSeccompRefused;
+  // A program still loading runs under the load filter only; one born of an
+  // exec keeps it under its own filters, whose strictest action and newest
+  // data decide (filter.h), so either mark may come.  The registers below
+  // say whether the stop is the injected call.
+  auto marked = [](unsigned long data) {
+    return data == abi::kSeccompLoad || data == abi::kSeccompRefused;
+  };
   // The space may have remapped the gadget's page (Perm on itself): the
   // gadget must still be exactly `syscall; int3`, or nothing is injected.
   uint8_t code[3];
@@ -402,7 +407,7 @@ Result<long> PtraceMachine::inject(Proc* p, long nr, const long (&args)[6], pid_
       ptrace(PTRACE_GETREGS, p->pid, nullptr, &now);
       unsigned long data = 0;
       ptrace(PTRACE_GETEVENTMSG, p->pid, nullptr, &data);
-      bool ours = data == want_data && now.rip == gadget + 2 && static_cast<long>(now.orig_rax) == nr &&
+      bool ours = marked(data) && now.rip == gadget + 2 && static_cast<long>(now.orig_rax) == nr &&
                   static_cast<long>(now.rdi) == args[0] && static_cast<long>(now.rsi) == args[1] &&
                   static_cast<long>(now.rdx) == args[2] && static_cast<long>(now.r10) == args[3] &&
                   static_cast<long>(now.r8) == args[4] && static_cast<long>(now.r9) == args[5];

@@ -153,6 +153,7 @@ class PtraceMachine final : public Machine {
   Status copy_pages(Proc* from, Proc* to, std::span<const uint64_t> pages) override;
   Status take_pages(Proc* child, Proc* parent, std::span<const uint64_t> pages) override;
   Status own_pages(Proc* p, std::span<const MemRange> ranges) override;
+  Status confine_born(Proc* p, uint64_t scratch, size_t len) override;
   Result<Proc*> exec_space(std::span<const uint8_t> image, const std::vector<std::string>& argv,
                            const std::vector<std::string>& envp) override;
 
