@@ -1,6 +1,10 @@
 // hostile_escape_test.cc: the ways out that are not system calls -- the
 // vsyscall page, rdtsc and cpuid, the CPU number, file mappings, /proc, the
 // master itself -- and a fork bomb.  The rules are in hostile.h.
+#include <sys/resource.h>
+
+#include <fstream>
+
 #include "confine/cpuid.h"
 #include "hostile.h"
 
@@ -388,6 +392,34 @@ Bomb model(long quota) {
     b.limited += sub.limited;
   }
   return b;
+}
+
+// A space that dies of a core-dumping signal (a forged sigreturn frame can
+// block SIGSYS, and the next refused call then kills it with SIGSYS) wrote
+// a core file into the master's directory, walking detux's terabyte
+// reservations for minutes while its parent waited: found by a review on
+// December 8.  Every space and snapshot now has no core-file allowance,
+// whatever the master's.
+TEST(CoreFiles, NoSpaceOrSnapshotMayWriteOne) {
+  std::string out = twice([](std::string& out) {
+    const rlimit unlimited{RLIM_INFINITY, RLIM_INFINITY};
+    CHECK_EQ(setrlimit(RLIMIT_CORE, &unlimited), 0);
+    if (dfork(0) == 0) ret_forever();
+    CHECK_EQ(status_of(0).state, DET_S_STOPPED);
+    int seen = 0;
+    for (pid_t pid : children_of(getpid())) {
+      std::ifstream limits("/proc/" + std::to_string(pid) + "/limits");
+      std::string line;
+      while (std::getline(limits, line))
+        if (line.starts_with("Max core file size")) {
+          seen++;
+          CHECK(line.find(" 0 ") != std::string::npos && line.find("unlimited") == std::string::npos);
+        }
+    }
+    out += "processes checked: " + std::to_string(seen);
+    kill_child(0);
+  });
+  EXPECT_EQ(out, "processes checked: 2");  // the space and its snapshot
 }
 
 TEST(ForkBomb, StaysWithinTheQuotaDeterministically) {

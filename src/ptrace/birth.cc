@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 #include <sys/personality.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/rseq.h>
 #include <sys/single_threaded.h>
 #include <sys/ptrace.h>
@@ -281,8 +282,18 @@ void prepare_master_mappings() {
   close(fd);
 }
 
+// No core file: a space that dies of a signal whose default dumps core (it
+// can forge a sigreturn frame that blocks SIGSYS, so the next refused call
+// kills it so) would write one into the master's directory, and spend
+// minutes walking detux's terabyte reservations to do it.
+void no_core_files() {
+  const rlimit none{0, 0};
+  if (setrlimit(RLIMIT_CORE, &none) != 0) die(120);
+}
+
 void space_birth(BirthPlan& plan) {
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) die(120);
+  no_core_files();
   if (getppid() != plan.master_pid) die(120);
   if (ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != 0) die(121);
   syscall(SYS_kill, syscall(SYS_getpid), SIGSTOP);
@@ -316,6 +327,7 @@ void space_birth(BirthPlan& plan) {
 
 void exec_birth_helper(const ExecPlan& plan) {
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) die(120);
+  no_core_files();
   if (getppid() != plan.master_pid) die(120);
   if (ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != 0) die(121);
   syscall(SYS_kill, syscall(SYS_getpid), SIGSTOP);
