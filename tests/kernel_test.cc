@@ -386,6 +386,26 @@ TEST(Status, DontWaitPollsARunningChild) {
   EXPECT_TRUE(r.ok()) << r.out;
 }
 
+// Polling used to answer from the last state it knew, and never served the
+// spaces' stops: a child that had long since stopped read as running for as
+// long as the master polled (a review, December 8).
+TEST(Status, DontWaitSeesAChildThatStoppedWhileTheMasterPolled) {
+  auto r = in_master([](std::string& out) {
+    if (dfork(0) == 0) ret_forever();
+    det_status st{};
+    int polls = 0;
+    for (; polls < 2000; ++polls) {
+      CHECK_EQ(dget(0, DET_STATUS | DET_DONT_WAIT, &st, sizeof st, nullptr), 0L);
+      if (st.state != DET_S_RUNNING) break;
+      usleep(1000);
+    }
+    CHECK_EQ(st.state, DET_S_STOPPED);
+    out += "stopped after fewer than 2000 polls";
+    CHECK_EQ(dput(0, DET_KILL, nullptr, 0, nullptr), 0L);
+  });
+  EXPECT_TRUE(r.ok()) << r.out;
+}
+
 TEST(Status, WallClockTimeoutLeavesTheChildRunning) {
   auto r = in_master([](std::string&) {
     if (dfork(0) == 0) {

@@ -169,14 +169,17 @@ long Kernel::act_on_stopped(Space& caller, Space& child, const Call& c) {
       return kBlocked;
     }
     if (c.flags & DET_DONT_WAIT) {
-      if (!(c.flags & DET_STATUS)) return -EAGAIN;
-      if (c.size < sizeof(det_status)) return -EINVAL;
-      det_status st = child.status;
-      st.state = DET_S_RUNNING;
-      return m_.write(caller.proc, c.addr, &st, sizeof st).ok() ? 0 : -EFAULT;
+      serve_stopped();  // what stopped meanwhile: this child, perhaps
+    } else if (long w = wait_stopped(child); w < 0) {
+      return w;
     }
-    long w = wait_stopped(child);
-    if (w < 0) return w;
+  }
+  if (!child.stopped()) {  // polled, and still running
+    if (!(c.flags & DET_STATUS)) return -EAGAIN;
+    if (c.size < sizeof(det_status)) return -EINVAL;
+    det_status st = child.status;
+    st.state = DET_S_RUNNING;
+    return m_.write(caller.proc, c.addr, &st, sizeof st).ok() ? 0 : -EFAULT;
   }
   const bool status_only = c.op == abi::kOpGet && !(c.flags & ~(DET_STATUS | DET_DONT_WAIT));
   if (child.gone && !status_only) return -ESRCH;
@@ -298,6 +301,12 @@ void Kernel::forget_subtree(Space& s) {
     s.quota_free += 1 + ch->quota_given;
   }
   s.children.clear();
+}
+
+void Kernel::serve_stopped() {
+  WaitPolicy pol;
+  pol.poll = true;
+  for (auto ev = m_.next_event(pol); ev.ok(); ev = m_.next_event(pol)) handle(*ev);
 }
 
 long Kernel::wait_stopped(Space& child) {

@@ -59,6 +59,7 @@ class Kernel {
   void kill_child(Space& parent, det_child_t id);
   void forget_subtree(Space& s);
   long wait_stopped(Space& child);
+  void serve_stopped();  // handles every stop already there, waiting for none
 
   void handle(const StopEvent& ev);
   void on_stop(Space& s);

@@ -55,6 +55,7 @@ struct StopEvent {
 struct WaitPolicy {
   long timeout_ms = 0;          // 0 = forever
   const sigset_t* allowed = nullptr;  // signals that end the wait
+  bool poll = false;            // do not wait: -EAGAIN if nothing has stopped
 };
 
 struct MemRange {

@@ -54,7 +54,7 @@ Result<StopEvent> PtraceMachine::next_event(const WaitPolicy& policy) {
     pthread_sigmask(SIG_BLOCK, &waitset, &old);
   }
   // With no timeout and no signal to watch, one blocking waitpid is the wait.
-  bool plain = policy.timeout_ms <= 0 && !policy.allowed;
+  bool plain = policy.timeout_ms <= 0 && !policy.allowed && !policy.poll;
   long deadline = policy.timeout_ms > 0 ? now_ms() + policy.timeout_ms : 0;
   Result<StopEvent> out = Err{-ECHILD};
   for (;;) {
@@ -72,6 +72,10 @@ Result<StopEvent> PtraceMachine::next_event(const WaitPolicy& policy) {
     if (pid < 0 && errno == ECHILD) {
       pgid_ = 0;
       if (procs_.empty()) break;  // nothing can ever stop: -ECHILD
+    }
+    if (policy.poll) {
+      out = Err{-EAGAIN};
+      break;
     }
     long slice = 50;
     if (deadline) {
