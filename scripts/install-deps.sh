@@ -14,6 +14,7 @@ packages=(
   libfuse3-dev           # `detux fs mount`: an image seen read-only through FUSE
   fuse3                  # fusermount3, to mount and unmount in the tools' test
   clang                  # the loader's fuzz target (libFuzzer): scripts/fuzz-smoke.sh
+  libclang-rt-14-dev     # libFuzzer itself (only a recommendation of clang's otherwise)
   libssl-dev             # OpenSSL's MD5 (libcrypto) for the md5 benchmark in bench/eval
   gnuplot-nox            # Figure 4 (speedup.png) drawn by scripts/eval.sh
 )

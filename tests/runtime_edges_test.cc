@@ -10,6 +10,7 @@
 // malloc there and asks Linux for memory, which a space may not do.
 #include <detux/detux.hpp>
 #include <dirent.h>
+#include <malloc.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -172,6 +173,33 @@ TEST(RuntimeEdges, AMallocLargerThanTheHeapSaysENOMEM) {
     free(p);
   });
   EXPECT_EQ(out, "NULL, ENOMEM");
+}
+
+// A second review (December 8): pvalloc's rounding wrapped SIZE_MAX to a
+// small block, and det_describe_address faulted the space that called it
+// (it tried to load the names module).
+TEST(RuntimeEdges, PvallocOfNearlySizeMaxSaysENOMEM) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    errno = 0;
+    void* p = pvalloc(SIZE_MAX - 100);
+    out += p ? "got a block" : std::string("NULL, ") + (errno == ENOMEM ? "ENOMEM" : std::to_string(errno));
+    free(p);
+  });
+  EXPECT_EQ(out, "NULL, ENOMEM");
+}
+
+char g_described[64];
+TEST(RuntimeEdges, DescribeAddressInASpaceGivesTheNumber) {
+  std::string out = twice([](std::string& out) {
+    if (dfork(0) == 0) {
+      det_describe_address(0x1234, g_described, sizeof g_described);
+      for (;;) dret();
+    }
+    CHECK_EQ(djoin(0), 0);
+    out += g_described;
+  });
+  EXPECT_EQ(out, "0x1234");
 }
 
 TEST(RuntimeEdges, AGroupJoinThatTimesOutLeavesNoThreadRunning) {

@@ -72,7 +72,13 @@ void* aligned_alloc(size_t align, size_t n) {
 
 void* memalign(size_t align, size_t n) { return aligned_alloc(align, n); }
 void* valloc(size_t n) { return heap_alloc_aligned(4096, n); }
-void* pvalloc(size_t n) { return heap_alloc_aligned(4096, (n + 4095) & ~size_t{4095}); }
+void* pvalloc(size_t n) {
+  if (n > SIZE_MAX - 4095) {  // rounding up would wrap to a small block
+    errno = ENOMEM;
+    return nullptr;
+  }
+  return heap_alloc_aligned(4096, (n + 4095) & ~size_t{4095});
+}
 
 }  // extern "C"
 

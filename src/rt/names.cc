@@ -13,6 +13,7 @@
 #include <mutex>
 #include <string>
 
+#include "ptrace/birth.h"
 #include "rt/join.h"
 
 namespace detux::rt {
@@ -51,11 +52,12 @@ Names load() {
 }  // namespace
 
 std::string describe(uint64_t addr) {
+  char hex[32];
+  std::snprintf(hex, sizeof hex, "0x%" PRIx64, addr);
+  if (detux::g_in_space) return hex;  // a space cannot open the program's files
   static std::once_flag once;
   static Names names;
   std::call_once(once, [] { names = load(); });
-  char hex[32];
-  std::snprintf(hex, sizeof hex, "0x%" PRIx64, addr);
   if (!names.describe) return std::string(hex) + " (no names: " + names.why + ")";
   std::string out(256, '\0');
   size_t need = names.describe(addr, out.data(), out.size());

@@ -56,6 +56,7 @@ long write_vec(int fd, const iovec* iov, long n) {
     long r = console_write(fd, iov[i].iov_base, iov[i].iov_len);
     if (r < 0) return total ? total : r;
     total += r;
+    if (static_cast<size_t>(r) < iov[i].iov_len) break;  // the caller sends the rest again
   }
   return total;
 }
@@ -64,6 +65,7 @@ long read_vec(const iovec* iov, long n) {
   long total = 0;
   for (long i = 0; i < n; ++i) {
     long r = console_read(iov[i].iov_base, iov[i].iov_len);
+    if (r < 0) return total ? total : r;
     total += r;
     if (static_cast<size_t>(r) < iov[i].iov_len) break;
   }
