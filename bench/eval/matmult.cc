@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "common.h"
 
@@ -54,6 +55,24 @@ int32_t entry(const int32_t* a, const int32_t* b, long n, long i, long j) {
   return s;
 }
 
+// Freivalds' check, in O(n^2): C r == A (B r) for a vector r of odd numbers,
+// in arithmetic mod 2^32 (as the product's own int32 sums wrap).  An odd
+// multiplier is a unit mod 2^32, so any one wrong entry of C, or any lost
+// row or block, changes C r: no entry goes unchecked at any size.
+bool product_holds(const int32_t* a, const int32_t* b, const int32_t* c, long n) {
+  std::vector<uint32_t> r(n), br(n, 0), abr(n, 0), cr(n, 0);
+  eval::Rng rng(7);
+  for (long j = 0; j < n; ++j) r[j] = static_cast<uint32_t>(rng.next()) | 1u;
+  for (long i = 0; i < n; ++i)
+    for (long j = 0; j < n; ++j) {
+      br[i] += static_cast<uint32_t>(b[i * n + j]) * r[j];
+      cr[i] += static_cast<uint32_t>(c[i * n + j]) * r[j];
+    }
+  for (long i = 0; i < n; ++i)
+    for (long j = 0; j < n; ++j) abr[i] += static_cast<uint32_t>(a[i * n + j]) * br[j];
+  return abr == cr;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -86,17 +105,9 @@ int main(int argc, char** argv) {
     total += par::now() - t0;
   }
 
-  bool ok = true;
-  if (n <= 256) {
-    for (long i = 0; i < n && ok; ++i)
-      for (long j = 0; j < n && ok; ++j) ok = c[i * n + j] == entry(a, b, n, i, j);
-  } else {
-    eval::Rng pick(7);
-    for (int s = 0; s < 256 && ok; ++s) {
-      long i = static_cast<long>(pick.next() % n), j = static_cast<long>(pick.next() % n);
-      ok = c[i * n + j] == entry(a, b, n, i, j);
-    }
-  }
+  bool ok = product_holds(a, b, c, n);
+  for (long i = 0; i < n && ok && n <= 256; ++i)
+    for (long j = 0; j < n && ok; ++j) ok = c[i * n + j] == entry(a, b, n, i, j);
   eval::Digest d;
   d.add(c, n * n * sizeof(int32_t));
   return eval::report("matmult", args, total, ok, d);
