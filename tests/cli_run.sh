@@ -4,10 +4,12 @@
 #    repeated --env or --image never takes PROGRAM as one more value (both
 #    did, under CLI11's list options, until a review on December 8);
 #  - a TERM sent to the tool reaches PROGRAM, and a tool killed with KILL
-#    takes PROGRAM with it (it used to run on, orphaned).
+#    takes PROGRAM with it (it used to run on, orphaned);
+#  - a run whose --fs image cannot be saved exits 74, not 0.
 #   cli_run.sh BUILD_DIR
 set -euo pipefail
-detux="$(cd "$1" && pwd)/tools/detux"
+build="$(cd "$1" && pwd)"
+detux="$build/tools/detux"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
@@ -40,4 +42,7 @@ kill -KILL "$tool"
 wait "$tool" 2>/dev/null || true
 for _ in $(seq 100); do kill -0 "$program" 2>/dev/null || break; sleep 0.05; done
 if kill -0 "$program" 2>/dev/null; then kill -KILL "$program"; fail "PROGRAM outlived a killed tool"; fi
-echo "cli: 8 passed, 0 failed"
+# A run whose file system cannot be saved fails (it exited 0, its changes lost).
+rc=0; "$detux" run --fs "$work/no-such-dir/fs.img" "$build/examples/hello/hello" >/dev/null 2>err || rc=$?
+[ "$rc" = 74 ] && grep -q "could not save" err || fail "an unsaved file system: rc $rc, $(cat err)"
+echo "cli: 9 passed, 0 failed"

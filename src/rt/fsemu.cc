@@ -178,6 +178,13 @@ void fs_master_init() {
   if (p == MAP_FAILED) return;  // no file system for spaces: its calls fail with ENOSYS
   const char* image = getenv("DETUX_FS_IMAGE");
   std::string why;
+  // Held from this load to the save at exit, as `detux fs` commands do: a
+  // second run or command on the same image waits instead of losing changes.
+  static fs::ImageLock s_lock;
+  if (image && *image && !s_lock.take(image, &why).ok()) {
+    fprintf(stderr, "detux: %s\n", why.c_str());
+    exit(2);
+  }
   if (image && *image && access(image, F_OK) == 0) {
     auto r = fs::load(image, region(), kFsSize, &why);
     if (!r.ok()) {
@@ -199,9 +206,14 @@ void fs_master_init() {
     atexit([] {
       if (g_in_space) return;  // spaces run the master's atexit list too
       std::string why;
-      if (fs_save(s_image.c_str(), &why) < 0)
+      if (!fs::save(g_fs, s_image, &why, &s_lock).ok()) {
+        // The run's file changes are lost: it must not look like a success.
+        // (Registered at start-up, this handler runs after the program's.)
         fprintf(stderr, "detux: could not save the file system to %s: %s\n", s_image.c_str(),
                 why.c_str());
+        fflush(nullptr);
+        _exit(74);  // EX_IOERR
+      }
     });
   }
 }
