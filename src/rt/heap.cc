@@ -554,6 +554,12 @@ void heap_give_back(Extent e) {
   give_back(e.lo, e.hi, false);
 }
 
+void heap_keep(Extent e) {
+  if (e.size() == 0) return;
+  Lock l(g_prog);
+  ++gp->live;
+}
+
 void heap_reserve() {
   Lock l(g_prog);
   reserve();

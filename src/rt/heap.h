@@ -103,6 +103,12 @@ void heap_join(const HeapState& child, Extent e);
 // parent: the extent of a child whose heap never reached the parent (the
 // fork failed, the join did not merge, the child was killed unmerged).
 void heap_give_back(Extent e);
+// parent: the extent of a child whose heap never reached the parent, but
+// from which a merge (a barrier's) may have handed the parent blocks.  It is
+// never reused, and it counts as one live block of the parent's, so that
+// the parent's own extent cannot come back whole at its join while those
+// blocks are held.
+void heap_keep(Extent e);
 void heap_set_limit(uint64_t bytes);
 // A program exec'd in a space: its heap is the whole region, as a master's,
 // but held to the space's memory limit.

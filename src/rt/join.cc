@@ -190,6 +190,7 @@ void child_killed(det_child_t child) {
   ChildRec* r = find_rec(child, false);
   if (!r) return;
   if (!r->merged) heap_give_back(r->extent);
+  else heap_keep(r->extent);
   drop_rec(r);
 }
 
@@ -262,6 +263,7 @@ __attribute__((noinline)) void join_heap_in_space(det_child_t child, Extent give
 void join_heap(det_child_t child, bool heap_merged, bool merged_before, Extent given) {
   if (!heap_merged) {
     if (!merged_before) heap_give_back(given);
+    else heap_keep(given);
     return;
   }
   if (g_in_space) return join_heap_in_space(child, given);
