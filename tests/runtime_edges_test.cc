@@ -189,6 +189,26 @@ TEST(RuntimeEdges, PvallocOfNearlySizeMaxSaysENOMEM) {
   EXPECT_EQ(out, "NULL, ENOMEM");
 }
 
+// fcntl and pread on the console faulted a space (a review, December 8):
+// fdopen(1, ...) asks fcntl(F_GETFL) first.
+TEST(RuntimeEdges, TheConsoleAnswersFcntlAndRefusesPreadAsAPipeWould) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    if (dfork(0) == 0) {
+      char c;
+      std::printf("F_GETFL(1) write-only: %d; ", (fcntl(1, F_GETFL) & O_ACCMODE) == O_WRONLY);
+      std::printf("pread(0): %s; ", pread(0, &c, 1, 0) < 0 && errno == ESPIPE ? "ESPIPE" : "?");
+      std::fflush(stdout);
+      FILE* f = fdopen(1, "w");
+      std::fprintf(f ? f : stdout, "%s\n", f ? "fdopen(1) writes" : "no fdopen");
+      std::fflush(nullptr);
+      for (;;) dret();
+    }
+    out += captured([] { CHECK_EQ(djoin(0), 0); });
+  });
+  EXPECT_EQ(out, "F_GETFL(1) write-only: 1; pread(0): ESPIPE; fdopen(1) writes\n");
+}
+
 char g_described[64];
 TEST(RuntimeEdges, DescribeAddressInASpaceGivesTheNumber) {
   std::string out = twice([](std::string& out) {
@@ -224,8 +244,8 @@ TEST(RuntimeEdges, AGroupJoinThatTimesOutLeavesNoThreadRunning) {
 // The same bytes on standard input, once at once and once with pauses: a
 // space reads them in the same pieces (a line at a time) and its heap
 // grows the same way, whenever they arrived.
-detux::test::Run read_piped_input(bool slow) {
-  return in_master([slow](std::string& out) {
+detux::test::Run read_piped_input(bool slow, bool nonblocking = false) {
+  return in_master([slow, nonblocking](std::string& out) {
     int p[2];
     CHECK_EQ(pipe(p), 0);
     std::fflush(nullptr);
@@ -242,6 +262,7 @@ detux::test::Run read_piped_input(bool slow) {
     close(p[1]);
     dup2(p[0], 0);
     close(p[0]);
+    if (nonblocking) CHECK_EQ(fcntl(0, F_SETFL, O_NONBLOCK), 0);
     det_thread_start(
         0,
         [](void*) {
@@ -267,6 +288,83 @@ TEST(RuntimeEdges, WhatASpaceReadsFromAPipeDependsOnTheBytesNotOnWhenTheyArrived
   EXPECT_EQ(paused.out.substr(0, 2), "4 ") << paused.out;
   EXPECT_NE(paused.out.find("; 4 "), std::string::npos) << paused.out;
   EXPECT_NE(paused.out.find("; 6 "), std::string::npos) << paused.out;
+}
+
+// A join held a child's whole output in one block of the joiner's heap, and
+// dropped all of it, silently, when that block did not fit under the memory
+// limit (a review, December 8).  It now reads it through a small window, so
+// a space joining a child needs room only for its own output buffer.
+void print_five_megabytes() {
+  std::string line(1023, 'x');
+  for (int k = 0; k < 5120; ++k) std::printf("%s\n", line.c_str());
+}
+
+TEST(RuntimeEdges, AChildsOutputArrivesWholeWhenItsParentIsNearTheMemoryLimit) {
+  NEEDS_DETUX_MALLOC();
+  auto r = in_master([](std::string& out) {
+    det_limits l{};
+    l.max_space_bytes = 32L << 20;
+    CHECK_EQ(det_set_limits(&l), 0);
+    det_thread_start(
+        0,
+        [](void*) {
+          void* held = malloc(11L << 20);
+          if (dfork(1) == 0) {
+            print_five_megabytes();
+            std::fflush(nullptr);
+            for (;;) dret();
+          }
+          std::printf("%s, joined %d\n", held ? "held" : "none", djoin(1));
+        },
+        nullptr);
+    std::string got = captured([] { CHECK_EQ(djoin(0), 0); });
+    out += std::to_string(got.size()) + " bytes, " + (got.ends_with("held, joined 0\n") ? "ending right" : "ending wrong");
+  });
+  EXPECT_TRUE(r.ok()) << r.out.substr(0, 200);
+  EXPECT_EQ(r.out, "5242895 bytes, ending right");  // 5 MiB and the last line
+}
+
+// A space that had read ahead (scanf buffers a line) re-read, after its
+// child's join, what the child had read on from there (a review, December 8).
+TEST(RuntimeEdges, AfterAJoinASpaceReadsOnFromWhereItsChildStopped) {
+  NEEDS_DETUX_MALLOC();
+  auto r = in_master([](std::string& out) {
+    int p[2];
+    CHECK_EQ(pipe(p), 0);
+    CHECK_EQ(write(p[1], "1 2 3\n4\n5\n", 10), 10);
+    close(p[1]);
+    dup2(p[0], 0);
+    close(p[0]);
+    if (dfork(1) == 0) {
+      int x;
+      if (std::scanf("%d", &x) == 1) std::printf("P read %d; ", x);
+      if (dfork(2) == 0) {
+        int y;
+        for (int k = 0; k < 3 && std::scanf("%d", &y) == 1; ++k) std::printf("C read %d; ", y);
+        std::fflush(nullptr);
+        _exit(0);
+      }
+      CHECK_EQ(djoin(2), 0);
+      int z;
+      while (std::scanf("%d", &z) == 1) std::printf("P then read %d; ", z);
+      std::printf("end\n");
+      std::fflush(nullptr);
+      _exit(0);
+    }
+    out += captured([] { CHECK_EQ(djoin(1), 0); });
+  });
+  EXPECT_TRUE(r.ok()) << r.out;
+  EXPECT_EQ(r.out, "P read 1; C read 2; C read 3; C read 4; P then read 5; end\n");
+}
+
+// A stdin left non-blocking by whoever started the program said EAGAIN while
+// the writer paused, and the master took that for the end of the input (a
+// review, December 8): what a space read depended on timing again.
+TEST(RuntimeEdges, ANonBlockingStdinIsReadToItsEndWhateverTheTiming) {
+  NEEDS_DETUX_MALLOC();
+  detux::test::Run at_once = read_piped_input(false), paused = read_piped_input(true, true);
+  EXPECT_TRUE(paused.ok()) << paused.out;
+  EXPECT_EQ(at_once.out, paused.out);
 }
 
 }  // namespace

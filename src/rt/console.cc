@@ -2,6 +2,7 @@
 #include "rt/console.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdio_ext.h>
 #include <stdlib.h>
@@ -97,7 +98,12 @@ void read_real_input() {
     }
     ssize_t r = ::read(0, g_raw + g_raw_len, kInputChunk - g_raw_len);
     if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) g_raw_eof = true;
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {  // a non-blocking stdin: not its end
+      pollfd in0{0, POLLIN, 0};
+      poll(&in0, 1, -1);
+      continue;
+    }
+    if (r <= 0) g_raw_eof = true;  // the end, or an error: the stream ends here either way
     else g_raw_len += static_cast<uint64_t>(r);
   }
 }
@@ -150,25 +156,49 @@ long console_read(void* buf, size_t len) {
   return static_cast<long>(n);
 }
 
+// The child's records (fd, length, bytes), printed in order, read through a
+// window of at most 64 KiB: a child's output is never held whole, so no
+// amount of it, and no memory limit, loses any of it.  A record cut short
+// (the child faulted mid-write) ends the output.
 long console_collect(det_child_t child, const RtState& crt) {
-  uint64_t len = crt.out.len;
+  const uint64_t len = crt.out.len;
   if (len == 0) return 0;
-  auto* data = static_cast<uint8_t*>(heap_alloc(len));
-  if (!data) return -ENOMEM;
-  long r = dget(child, DET_COPY, data, len, reinterpret_cast<void*>(crt.out.buf));
-  FILE* last = nullptr;
-  for (uint64_t at = 0; r >= 0 && at + 5 <= len;) {
-    uint32_t n;
-    memcpy(&n, data + at + 1, 4);
-    if (at + 5 + n > len) break;  // a torn record: the child faulted mid-write
-    FILE* f = data[at] == 2 ? stderr : stdout;
-    if (last && last != f) fflush(last);  // keep the child's interleaving
-    fwrite(data + at + 5, 1, n, f);
-    last = f;
-    at += 5 + n;
+  uint8_t small[4096];
+  uint64_t cap = std::min<uint64_t>(len, 64 << 10);
+  auto* window = static_cast<uint8_t*>(heap_alloc(cap));
+  if (!window) window = small, cap = sizeof small;
+  FILE* f = nullptr;
+  uint64_t left = 0;  // bytes of f's record still to print
+  long r = 0;
+  for (uint64_t off = 0; off < len && r >= 0;) {
+    const uint64_t k = std::min(cap, len - off);
+    r = dget(child, DET_COPY, window, k, reinterpret_cast<void*>(crt.out.buf + off));
+    uint64_t i = 0;
+    while (r >= 0 && i < k) {
+      if (left == 0) {  // a record's header, read again with the next window if cut
+        uint32_t n;
+        if (k - i < 5) break;
+        memcpy(&n, window + i + 1, 4);
+        if (off + i + 5 + n > len) {  // torn: nothing more
+          off = len;
+          break;
+        }
+        FILE* next = window[i] == 2 ? stderr : stdout;
+        if (f && f != next) fflush(f);  // keep the child's interleaving
+        f = next;
+        left = n;
+        i += 5;
+      }
+      const uint64_t take = std::min(left, k - i);
+      fwrite(window + i, 1, take, f);
+      left -= take;
+      i += take;
+    }
+    if (off < len) off += i;
+    if (i == 0) break;  // a header cut at the very end: torn
   }
-  if (last == stderr) fflush(stderr);
-  heap_free(data);
+  if (f == stderr) fflush(stderr);
+  if (window != small) heap_free(window);
   return r < 0 ? r : 0;
 }
 
@@ -224,8 +254,24 @@ void console_give_back_input() {
   stdin->_IO_read_end = stdin->_IO_read_ptr;
 }
 
+// A joined child read on from where this space had read; so that no byte
+// is read twice, this space goes on from where the child stopped.  In a
+// space, stdin's buffer may hold bytes read ahead, which the child read
+// again (step_back_over_read_ahead): those the child consumed are skipped.
 void console_adopt_position(const RtState& crt) {
-  if (crt.in.pos > g_rt.in.pos && crt.in.pos <= g_rt.in.len) g_rt.in.pos = crt.in.pos;
+  uint64_t ahead = 0;
+  if (g_in_space && stdin->_IO_read_end > stdin->_IO_read_ptr)
+    ahead = static_cast<uint64_t>(stdin->_IO_read_end - stdin->_IO_read_ptr);
+  const uint64_t mine = g_rt.in.pos >= ahead ? g_rt.in.pos - ahead : 0;  // what this space has read
+  if (crt.in.pos > mine && crt.in.pos <= g_rt.in.len) {
+    const uint64_t consumed = crt.in.pos - mine;
+    if (consumed <= ahead) {
+      stdin->_IO_read_ptr += consumed;
+    } else {
+      stdin->_IO_read_ptr += ahead;
+      g_rt.in.pos = crt.in.pos;
+    }
+  }
   if (crt.in.pos == g_rt.in.len && crt.in.eof) g_rt.in.eof = true;
 }
 

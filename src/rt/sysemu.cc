@@ -108,6 +108,14 @@ long emulate(long nr, const long a[6]) {
     case SYS_ioctl:
       if (console_fd(a[0])) return -ENOTTY;
       break;
+    case SYS_fcntl:  // what fdopen and friends ask of the console
+      if (!console_fd(a[0])) break;
+      if (a[1] == F_GETFL) return a[0] == 0 ? O_RDONLY : O_WRONLY;
+      return a[1] == F_GETFD || a[1] == F_SETFD || a[1] == F_SETFL ? 0 : -EINVAL;
+    case SYS_pread64:
+    case SYS_pwrite64:
+      if (console_fd(a[0])) return -ESPIPE;
+      break;
     default:
       break;
   }
