@@ -2,6 +2,7 @@
 #include "ptrace/birth.h"
 
 #include <asm/prctl.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <linux/seccomp.h>
 #include <sched.h>
@@ -342,7 +343,7 @@ void exec_birth_helper(const ExecPlan& plan) {
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die(124);
   if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, plan.load_filter) != 0) die(124);
   syscall(SYS_execveat, 4, "", plan.argv, plan.envp, AT_EMPTY_PATH);
-  die(127);  // not an image Linux can run
+  die(errno > 0 && errno < 128 ? 128 + errno : 127);  // Linux refused it: why
 }
 
 long exec_birth(void (*sigsys)(int, siginfo_t*, void*), void* carry, size_t cap) {

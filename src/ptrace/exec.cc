@@ -52,6 +52,8 @@
 
 #include <cstring>
 #include <fstream>
+#include <climits>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -129,12 +131,48 @@ std::vector<char*> c_array(const std::vector<std::string>& v) {
   return out;
 }
 
+// The dynamic loader an ELF image names (PT_INTERP), "" for none; nullopt if
+// its program headers do not lie within it.
+std::optional<std::string> interpreter_of(std::span<const uint8_t> b) {
+  Elf64_Ehdr h;
+  if (b.size() < sizeof h) return std::nullopt;
+  std::memcpy(&h, b.data(), sizeof h);
+  if (h.e_phentsize != sizeof(Elf64_Phdr) || h.e_phoff > b.size() ||
+      uint64_t{h.e_phnum} * sizeof(Elf64_Phdr) > b.size() - h.e_phoff)
+    return std::nullopt;
+  for (uint64_t i = 0; i < h.e_phnum; ++i) {
+    Elf64_Phdr ph;
+    std::memcpy(&ph, b.data() + h.e_phoff + i * sizeof ph, sizeof ph);
+    if (ph.p_type != PT_INTERP) continue;
+    if (ph.p_offset > b.size() || ph.p_filesz > b.size() - ph.p_offset || ph.p_filesz > PATH_MAX)
+      return std::nullopt;
+    std::string path(reinterpret_cast<const char*>(b.data() + ph.p_offset), ph.p_filesz);
+    return path.substr(0, path.find('\0'));
+  }
+  return std::string();
+}
+
+// The master's own dynamic loader, the only one an image may name: Linux
+// maps the one it names from the host before the load filter sees a call.
+const std::string& masters_interpreter() {
+  static const std::string path = [] {
+    std::ifstream self("/proc/self/exe", std::ios::binary);
+    std::vector<uint8_t> head(64 << 10);
+    self.read(reinterpret_cast<char*>(head.data()), static_cast<std::streamsize>(head.size()));
+    head.resize(static_cast<size_t>(self.gcount()));
+    return interpreter_of(head).value_or("");
+  }();
+  return path;
+}
+
 }  // namespace
 
 Result<Proc*> PtraceMachine::exec_space(std::span<const uint8_t> image,
                                         const std::vector<std::string>& argv,
                                         const std::vector<std::string>& envp) {
   DETUX_ASSERT(pgid_ > 0);  // exec comes from a space
+  auto interp = interpreter_of(image);
+  if (!interp || (!interp->empty() && *interp != masters_interpreter())) return Err{-ENOEXEC};
   OwnedFd img{memfd_create("detux-image", MFD_CLOEXEC)};
   OwnedFd flt{memfd_create("detux-filter", MFD_CLOEXEC)};
   const auto& sf = space_filter();
@@ -164,6 +202,13 @@ Result<Proc*> PtraceMachine::exec_space(std::span<const uint8_t> image,
     DETUX_TRY(wait_pid(pid, &st));
     if (WIFEXITED(st) || WIFSIGNALED(st)) return Err{-ENOEXEC};
     if (is_event(st, PTRACE_EVENT_EXEC)) break;
+    if (is_event(st, PTRACE_EVENT_EXIT)) {  // the helper gave up: 128 + execveat's errno
+      unsigned long code = 0;
+      ptrace(PTRACE_GETEVENTMSG, pid, nullptr, &code);
+      kill_and_reap(pid);
+      const int c = static_cast<int>(code);
+      return Err{WIFEXITED(c) && WEXITSTATUS(c) > 128 ? -(WEXITSTATUS(c) - 128) : -ENOEXEC};
+    }
     bool its_exec = is_event(st, PTRACE_EVENT_SECCOMP);
     if (!its_exec && !(WIFSTOPPED(st) && (st >> 16) == 0)) {
       kill_and_reap(pid);
