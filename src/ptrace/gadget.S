@@ -35,9 +35,11 @@ detux_trap:
  * with rsp at the top of the stack it shares with the master (below it, the
  * supervisor's dead frames, already zeroed), rdi = the function to run
  * (never returns: it jumps back into the dput() that made the space) and
- * rsi = 1 if the CPU has AVX.  Nothing the supervisor left in a register may
- * reach the program: the vector and x87 registers are zeroed (control words
- * kept: they are the program's), then every general register but rsp. */
+ * rsi = 1 if the CPU has AVX, 2 if AVX-512 as well.  Nothing the supervisor
+ * left in a register may reach the program: the vector, mask and x87
+ * registers are zeroed (control words kept: they are the program's), then
+ * every general register but rsp.  vzeroall clears zmm0-15 only; glibc's
+ * string functions use zmm16-31, which held the supervisor's bytes. */
 	.globl detux_space_entry
 	.hidden detux_space_entry
 	.type detux_space_entry, @function
@@ -46,7 +48,33 @@ detux_space_entry:
 	movq %rdi, %r11
 	testq %rsi, %rsi
 	jz 1f
-	vzeroall
+	cmpq $2, %rsi
+	jb 3f
+	vpxord %zmm16, %zmm16, %zmm16
+	vpxord %zmm17, %zmm17, %zmm17
+	vpxord %zmm18, %zmm18, %zmm18
+	vpxord %zmm19, %zmm19, %zmm19
+	vpxord %zmm20, %zmm20, %zmm20
+	vpxord %zmm21, %zmm21, %zmm21
+	vpxord %zmm22, %zmm22, %zmm22
+	vpxord %zmm23, %zmm23, %zmm23
+	vpxord %zmm24, %zmm24, %zmm24
+	vpxord %zmm25, %zmm25, %zmm25
+	vpxord %zmm26, %zmm26, %zmm26
+	vpxord %zmm27, %zmm27, %zmm27
+	vpxord %zmm28, %zmm28, %zmm28
+	vpxord %zmm29, %zmm29, %zmm29
+	vpxord %zmm30, %zmm30, %zmm30
+	vpxord %zmm31, %zmm31, %zmm31
+	kxorw %k0, %k0, %k0
+	kxorw %k1, %k1, %k1
+	kxorw %k2, %k2, %k2
+	kxorw %k3, %k3, %k3
+	kxorw %k4, %k4, %k4
+	kxorw %k5, %k5, %k5
+	kxorw %k6, %k6, %k6
+	kxorw %k7, %k7, %k7
+3:	vzeroall
 	jmp 2f
 1:	pxor %xmm0, %xmm0
 	pxor %xmm1, %xmm1

@@ -96,10 +96,11 @@ void PtraceMachine::kill_later(pid_t pid, StopKind stop) {
   if (!running) ptrace(PTRACE_SETOPTIONS, pid, nullptr, kPtraceOptions & ~PTRACE_O_TRACEEXIT);
   kill(pid, SIGKILL);
   if (running) {  // it will stop once more, at PTRACE_EVENT_EXIT, holding its memory
-    int st;
-    while (waitpid(pid, &st, __WALL) < 0 && errno == EINTR) {
+    int st = 0;
+    pid_t w;
+    while ((w = waitpid(pid, &st, __WALL)) < 0 && errno == EINTR) {
     }
-    if (WIFEXITED(st) || WIFSIGNALED(st)) return;
+    if (w < 0 || WIFEXITED(st) || WIFSIGNALED(st)) return;  // gone already
   }
   if (running || stop == StopKind::kExit) ptrace(PTRACE_CONT, pid, nullptr, nullptr);
   graveyard_.push_back(pid);

@@ -239,11 +239,11 @@ Status PtraceMachine::finish_birth(Proc* p) {
   // in another: only reachable after a failed birth.  Refused.
   const pid_t group = getpgid(pid);
   if (group != p->birth_pgid && p->birth_pgid > 0 && group_has_members(p)) return failed();
-  pgid_ = group;
-  if (ref > 0) set_ref(p, ref);
   p->stop = StopKind::kSyscall;
   p->call_pending = true;  // the kOpBirth call; its result is ignored
-  DETUX_TRY(start_clean(p));
+  if (!start_clean(p).ok()) return failed();  // dead, as the caller reports it
+  pgid_ = group;
+  if (ref > 0) set_ref(p, ref);
   if (!p->birth_own.empty()) {  // a hint: a failure only costs the faults
     (void)own_now(p, p->birth_own);
     p->birth_own.clear();
@@ -274,12 +274,12 @@ Status PtraceMachine::start_clean(Proc* p) {
     DETUX_TRY(write(p, at, zeros, n));
     at += n;
   }
-  static const bool avx = __builtin_cpu_supports("avx");
+  static const int vectors = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx") ? 1 : 0;
   user_regs_struct& r = p->regs;
   r.rip = reinterpret_cast<uint64_t>(detux_space_entry);
   r.rsp = top;
   r.rdi = reinterpret_cast<uint64_t>(g_plan.entry);
-  r.rsi = avx ? 1 : 0;
+  r.rsi = static_cast<uint64_t>(vectors);
   r.eflags = 0x202;  // IF and the always-set bit
   p->regs_dirty = true;
   return ok_status();
