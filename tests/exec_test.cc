@@ -7,7 +7,9 @@
 #include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <spawn.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <fstream>
@@ -201,6 +203,48 @@ TEST(Exec, AFailedExecReturnsAnErrorAndTheOldProgramGoesOn) {
             "execv(/header-only) = -1, Exec format error\n"
             "execv(1 MiB argument) = -1, Argument list too long\n"
             "child 1 killed by signal 11\n");
+}
+
+// vfork, posix_spawn and waitid faulted the space (a review, December 8):
+// they are fork + exec and waitpid by other names.
+TEST(Exec, VforkPosixSpawnAndWaitidWorkInASpace) {
+  NEEDS_DETUX_MALLOC();
+  std::string out = twice([](std::string& out) {
+    CHECK_EQ(det_exec_register("target", EXEC_TARGET), 0);
+    feed_stdin("");
+    out = in_shell([] {
+      char* argv[] = {(char*)"target", (char*)"hello", (char*)"a", nullptr};
+      char* env[] = {(char*)"FOO=spawned", nullptr};
+      fflush(nullptr);
+      pid_t v = vfork();
+      if (v == 0) {
+        execve("target", argv, env);
+        _exit(120);
+      }
+      int st = 0;
+      const pid_t waited = waitpid(v, &st, 0);
+      printf("vfork: %d, waitpid: %d, exit %d\n", v, waited, WEXITSTATUS(st));
+      pid_t s = 0;
+      int r = posix_spawn(&s, "target", nullptr, nullptr, argv, env);
+      siginfo_t info{};
+      int w = waitid(P_PID, static_cast<id_t>(s), &info, WEXITED);
+      printf("posix_spawn: %d pid %d; waitid: %d pid %d code %s status %d\n", r, s, w, info.si_pid,
+             info.si_code == CLD_EXITED ? "exited" : "other", info.si_status);
+      posix_spawn_file_actions_t acts;
+      posix_spawn_file_actions_init(&acts);
+      printf("with file actions: %s\n", strerror(posix_spawn(&s, "target", &acts, nullptr, argv, env)));
+    });
+  });
+  EXPECT_EQ(out,
+            "exec'd: argc 3: [target] [hello] [a]\n"
+            "FOO=spawned LD_PRELOAD=(none) in_space=1\n"
+            "stdin: end\n"
+            "vfork: 1, waitpid: 1, exit 3\n"
+            "exec'd: argc 3: [target] [hello] [a]\n"
+            "FOO=spawned LD_PRELOAD=(none) in_space=1\n"
+            "stdin: end\n"
+            "posix_spawn: 0 pid 1; waitid: 0 pid 1 code exited status 3\n"
+            "with file actions: Function not implemented\n");
 }
 
 // A program that never links detux's runtime runs under the load filter to
