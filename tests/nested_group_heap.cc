@@ -17,6 +17,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "failing_group.h"
+
 namespace {
 
 char* g_node;
@@ -24,25 +26,8 @@ char* g_later;
 void *g_probe, *g_gap;  // globals: the compiler drops a malloc that nothing uses
 
 void inner(void*) {
-  det_thread_start(
-      0,
-      [](void*) {
-        g_node = static_cast<char*>(malloc(64));
-        std::strcpy(g_node, "a grandchild's node");
-        det_barrier();
-        det_barrier();
-      },
-      nullptr);
-  det_thread_start(
-      1,
-      [](void*) {
-        det_barrier();
-        __builtin_trap();
-      },
-      nullptr);
-  det_child_t failed = 99;
-  det_status st{};
-  if (det_group_join(0, 2, &failed, &st) != -DET_EFAULTED) std::abort();
+  if (run_failing_group("a grandchild's node") != -DET_EFAULTED) std::abort();
+  g_node = g_group_node;
 }
 
 void later(void*) {

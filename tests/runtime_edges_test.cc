@@ -21,38 +21,21 @@
 #include <cstdint>
 #include <cstring>
 
+#include "failing_group.h"
 #include "harness.h"
 
 using namespace detux::test;
 
 namespace {
 
-char* g_node;
 char* g_later;
 
 TEST(RuntimeEdges, AFailedGroupKeepsTheBlocksItsThreadsMergedAtABarrier) {
   NEEDS_DETUX_MALLOC();
   std::string out = twice([](std::string& out) {
-    det_thread_start(
-        0,
-        [](void*) {
-          g_node = static_cast<char*>(malloc(64));
-          std::strcpy(g_node, "thread 0's node");
-          det_barrier();
-          det_barrier();
-        },
-        nullptr);
-    det_thread_start(
-        1,
-        [](void*) {
-          det_barrier();
-          __builtin_trap();
-        },
-        nullptr);
-    det_child_t failed = 99;
-    det_status st{};
-    CHECK_EQ(det_group_join(0, 2, &failed, &st), -DET_EFAULTED);
-    CHECK(g_node != nullptr);
+    CHECK_EQ(run_failing_group("thread 0's node"), -DET_EFAULTED);
+    char* node = g_group_node;
+    CHECK(node != nullptr);
     det_thread_start(
         5,
         [](void*) {
@@ -61,8 +44,8 @@ TEST(RuntimeEdges, AFailedGroupKeepsTheBlocksItsThreadsMergedAtABarrier) {
         },
         nullptr);
     CHECK_EQ(djoin(5), 0);
-    out += std::string(g_node) + " / " + g_later + (g_node == g_later ? " (the same block)" : "");
-    CHECK(g_node != g_later);
+    out += std::string(node) + " / " + g_later + (node == g_later ? " (the same block)" : "");
+    CHECK(node != g_later);
   });
   EXPECT_EQ(out, "thread 0's node / a later thread's block");
 }
