@@ -22,6 +22,9 @@
  *   exec_hostile cwd-stat      fstat of AT_FDCWD ("" with AT_EMPTY_PATH): the
  *                        master's directory, changing as files come and go:
  *                        23 if refused (ENOENT), 22 if it saw it
+ *   exec_hostile fstat-memfd   fstat of fd 3 (the memfd holding the space
+ *                        filter): its times are its creation time and its
+ *                        inode a counter: 24 if both read as fixed, 25 if not
  *   exec_hostile birth-loose   stacks, instead of the space filter, one that
  *                        marks the detux call and allows everything else,
  *                        then maps a shared page: that call must fault */
@@ -121,6 +124,11 @@ int main(int argc, char** argv) {
   if (!strcmp(what, "cwd-stat")) {
     struct stat st;
     return syscall(SYS_newfstatat, AT_FDCWD, "", &st, AT_EMPTY_PATH) == 0 ? 22 : 23;
+  }
+  if (!strcmp(what, "fstat-memfd")) {
+    struct stat st;
+    if (fstat(3, &st) != 0) return 26;
+    return st.st_mtime == 0 && st.st_ctime == 0 && st.st_ino == 1 ? 24 : 25;
   }
   if (!strcmp(what, "write")) {
     return write(1, "escaped\n", 8) == 8 ? 7 : 8;

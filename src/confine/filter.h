@@ -84,9 +84,11 @@ bool is_emulated_call(long nr);
 std::vector<sock_filter> build_space_filter();
 
 // The calls a loading program may make without asking (they act on its own
-// memory, signal state, or on descriptors of files it was let open).
+// memory, signal state, or on descriptors of files it was let open).  Not
+// fstat: its times and a memfd's inode differ from run to run (load_call
+// answers it).
 inline constexpr int kLoadAllowedCalls[] = {
-    0 /* read */,  3 /* close */,   5 /* fstat */,  8 /* lseek */,   9 /* mmap */,
+    0 /* read */,  3 /* close */,   8 /* lseek */,   9 /* mmap */,
     10 /* mprotect */, 11 /* munmap */, 12 /* brk */, 13 /* rt_sigaction */,
     14 /* rt_sigprocmask */, 17 /* pread64 */, 25 /* mremap */, 28 /* madvise */,
     436 /* close_range */};

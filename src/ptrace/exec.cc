@@ -45,6 +45,7 @@
 #include <linux/seccomp.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -311,6 +312,23 @@ Decision allow() { return {Verdict::kAllow, 0}; }
 Decision answer(long v) { return {Verdict::kAnswer, v}; }
 Decision refuse() { return {Verdict::kRefuse, 0}; }
 
+// The stat a loading program asked for, of host_path (a library, or
+// /proc/PID/fd/N for a descriptor), written to `out` in its memory, without
+// what varies from run to run: the times (a read may move a library's
+// access time), and a memfd's inode and device numbers (a counter: fd 3,
+// the space filter, is one).  Real inode numbers of files stay: the dynamic
+// loader tells libraries apart by them.
+Decision stat_for(Machine& m, Proc* p, const std::string& host_path, bool follow, uint64_t out) {
+  struct stat st;
+  if ((follow ? ::stat(host_path.c_str(), &st) : ::lstat(host_path.c_str(), &st)) != 0)
+    return answer(-errno);
+  st.st_atim = st.st_mtim = st.st_ctim = timespec{};
+  char target[16] = {};
+  if (readlink(host_path.c_str(), target, sizeof target - 1) > 0 && std::strncmp(target, "/memfd:", 7) == 0)
+    st.st_ino = 1, st.st_dev = 0;
+  return m.write(p, out, &st, sizeof st).ok() ? answer(0) : answer(-EFAULT);
+}
+
 // A program may narrow its own calls with more filters while it loads, but
 // not cut itself off from detux: a filter that would not let the detux call
 // through (as a default-deny sandbox answering ENOSYS would) is refused.
@@ -398,6 +416,16 @@ bool PtraceMachine::load_call(Proc* p) {
     if (!readable_files().count(*path)) return answer(-ENOENT);
     return writes ? refuse() : allow();
   };
+  auto stat_path = [&](uint64_t addr, bool follow, uint64_t out) {
+    auto path = path_at(addr);
+    if (!path.ok()) return answer(-EFAULT);
+    if (!readable_files().count(*path)) return answer(-ENOENT);
+    return stat_for(*this, p, *path, follow, out);
+  };
+  auto stat_fd = [&](long fd, uint64_t out) {
+    if (fd < 0) return answer(-EBADF);
+    return stat_for(*this, p, "/proc/" + std::to_string(p->pid) + "/fd/" + std::to_string(fd), true, out);
+  };
   Decision d;
   switch (nr) {
     // (confine::kLoadAllowedCalls never get here: the filter lets them by.)
@@ -406,14 +434,16 @@ bool PtraceMachine::load_call(Proc* p) {
     case SYS_openat:
       d = static_cast<int>(a0) == AT_FDCWD ? by_path(a1, !opens_read_only(a2)) : refuse();
       break;
-    case SYS_access: case SYS_stat: case SYS_lstat: d = by_path(a0, false); break;
+    case SYS_access: d = by_path(a0, false); break;
+    case SYS_stat: case SYS_lstat: d = stat_path(a0, nr == SYS_stat, a1); break;
+    case SYS_fstat: d = stat_fd(a0, a1); break;
     case SYS_faccessat: case SYS_faccessat2: d = static_cast<int>(a0) == AT_FDCWD ? by_path(a1, false) : refuse(); break;
     case SYS_newfstatat: {
       auto path = path_at(a1);
       if (!path.ok()) d = answer(-EFAULT);
       else if (path->empty() && (a3 & AT_EMPTY_PATH))  // fstat, never of the master's directory
-        d = static_cast<int>(a0) == AT_FDCWD ? answer(-ENOENT) : allow();
-      else d = static_cast<int>(a0) == AT_FDCWD ? by_path(a1, false) : refuse();
+        d = static_cast<int>(a0) == AT_FDCWD ? answer(-ENOENT) : stat_fd(a0, a2);
+      else d = static_cast<int>(a0) == AT_FDCWD ? stat_path(a1, !(a3 & AT_SYMLINK_NOFOLLOW), a2) : refuse();
       break;
     }
     case SYS_readlink: d = answer(-ENOENT); break;  // no /proc/self/exe to follow
