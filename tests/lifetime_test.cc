@@ -233,7 +233,7 @@ TEST(Exit, NothingOfAnExitedSpacesSubtreeEverRunsAgain) {
 
 namespace {
 
-enum class End { kExit, kSigkill };
+enum class End { kExit, kSigkill, kExec };
 
 // Runs a master in a grandchild of the test, under a child-subreaper that
 // reaps whatever the master leaves behind (so a dead space is gone from
@@ -279,6 +279,7 @@ std::string master_goes_away(End how, std::vector<pid_t>* spaces) {
       (void)!write(fds[1], msg.data(), msg.size() * sizeof(pid_t));
       close(fds[1]);
       if (how == End::kExit) exit(0);
+      if (how == End::kExec) execl("/bin/sleep", "sleep", "3", static_cast<char*>(nullptr));
       for (;;) pause();
     }
     close(fds[1]);
@@ -311,7 +312,9 @@ std::string master_goes_away(End how, std::vector<pid_t>* spaces) {
     pid_t master = msg[0];
     spaces->assign(msg.begin() + 1, msg.end());
     if (how == End::kSigkill) kill(master, SIGKILL);
-    std::vector<pid_t> left = not_dead(*spaces, Dead::kGone, 2000);
+    // After an exec the dead spaces stay zombies of the new program (sleep)
+    // until it ends; they never run again.
+    std::vector<pid_t> left = not_dead(*spaces, how == End::kExec ? Dead::kDying : Dead::kGone, 2000);
     if (!left.empty()) {
       err = "still alive 2 s after the master ended:" + pid_list(left);
       for (pid_t p : left) kill(p, SIGKILL);
@@ -329,6 +332,16 @@ TEST(MasterEnd, NoSpaceOutlivesAMasterThatExits) {
   std::string err = master_goes_away(End::kExit, &spaces);
   EXPECT_EQ(err, "");
   EXPECT_GE(spaces.size(), 7u);  // A, A's child, B, C, C's two children + snapshots
+}
+
+// The ptrace links survive an execve, so neither PTRACE_O_EXITKILL nor the
+// parent-death signal fires: spaces kept running (stopped, in fact) under a
+// master that had exec'd (a review, December 8).
+TEST(MasterEnd, NoSpaceOutlivesAMasterThatExecs) {
+  std::vector<pid_t> spaces;
+  std::string err = master_goes_away(End::kExec, &spaces);
+  EXPECT_EQ(err, "");
+  EXPECT_GE(spaces.size(), 7u);
 }
 
 TEST(MasterEnd, NoSpaceOutlivesAMasterThatIsKilled) {

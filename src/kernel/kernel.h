@@ -37,6 +37,9 @@ class Kernel {
   void set_trace(bool on) { trace_ = on; }
   // A program image spaces may exec by `name` (kernel/exec.cc).
   Status register_image(const std::string& name, std::vector<uint8_t> image);
+  // Kills every space: the master's program is about to be replaced (an
+  // execve keeps the ptrace links, so nothing else would end them).
+  void end_all_spaces() { forget_subtree(root_); }
 
  private:
   static constexpr long kBlocked = 1L << 62;  // the caller waits; no result yet

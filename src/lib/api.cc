@@ -117,6 +117,18 @@ long ensure_master() {
   return 0;
 }
 
+}  // namespace
+
+namespace detux::rt {
+void master_before_exec() {
+  if (!g_master || !t_master_thread || detux::g_in_space) return;
+  detux::rt::SystemHeap system;
+  g_master->kernel.end_all_spaces();
+}
+}  // namespace detux::rt
+
+namespace {
+
 long master_call(long op, det_child_t child, unsigned long flags, void* addr, size_t size,
                  void* child_addr) {
   // dput and dget checked the thread already (before their bookkeeping).

@@ -172,6 +172,7 @@ extern "C" {
 
 int execve(const char* path, char* const argv[], char* const envp[]) {
   if (g_in_space) return space_exec(path, argv, envp);
+  detux::rt::master_before_exec();
   static auto f = real<int (*)(const char*, char* const*, char* const*)>("execve");
   return f(path, argv, envp);
 }
@@ -180,6 +181,7 @@ int execv(const char* path, char* const argv[]) { return execve(path, argv, envi
 
 int execvpe(const char* file, char* const argv[], char* const envp[]) {
   if (g_in_space) return space_exec(file, argv, envp);
+  detux::rt::master_before_exec();
   static auto f = real<int (*)(const char*, char* const*, char* const*)>("execvpe");
   return f(file, argv, envp);
 }

@@ -63,6 +63,9 @@ std::string describe(uint64_t addr);
 
 // Called once when the process becomes master.
 void rt_master_init();
+// The master is about to execve: its spaces end first (lib/api.cc), even if
+// the exec then fails.
+void master_before_exec();
 // The same for a program exec'd in a space (rt/exec.cc), before it is
 // confined: the heap, the state page, the file-system region (unformatted).
 void rt_init(bool master);
