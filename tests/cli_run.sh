@@ -5,7 +5,8 @@
 #    did, under CLI11's list options, until a review on December 8);
 #  - a TERM sent to the tool reaches PROGRAM, and a tool killed with KILL
 #    takes PROGRAM with it (it used to run on, orphaned);
-#  - a run whose --fs image cannot be saved exits 74, not 0.
+#  - a run whose --fs image cannot be saved exits 74, not 0, and one whose
+#    space calls exit() saves its files where it was asked to.
 #   cli_run.sh BUILD_DIR
 set -euo pipefail
 build="$(cd "$1" && pwd)"
@@ -45,4 +46,13 @@ if kill -0 "$program" 2>/dev/null; then kill -KILL "$program"; fail "PROGRAM out
 # A run whose file system cannot be saved fails (it exited 0, its changes lost).
 rc=0; "$detux" run --fs "$work/no-such-dir/fs.img" "$build/examples/hello/hello" >/dev/null 2>err || rc=$?
 [ "$rc" = 74 ] && grep -q "could not save" err || fail "an unsaved file system: rc $rc, $(cat err)"
-echo "cli: 9 passed, 0 failed"
+# A space that calls exit() under --fs: its file keeps its bytes, and the
+# image is saved where it was asked to be (a path too long for a string's
+# inline buffer), twice in a row.
+img="$work/an-image-with-a-long-name.img"
+for run in 1 2; do
+  got=$("$detux" run --fs "$img" "$build/tests/fs_exit" 2>/dev/null) || fail "fs_exit run $run failed"
+  [ "$got" = "join 0" ] || fail "fs_exit run $run: $got"
+done
+[ "$("$detux" fs cat "$img" /out.txt)" = "written by the space" ] || fail "the saved image lacks /out.txt"
+echo "cli: 10 passed, 0 failed"

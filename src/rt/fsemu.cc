@@ -180,7 +180,11 @@ void fs_master_init() {
   std::string why;
   // Held from this load to the save at exit, as `detux fs` commands do: a
   // second run or command on the same image waits instead of losing changes.
-  static fs::ImageLock s_lock;
+  // Never destroyed, nor is the path below: a space that calls exit() runs
+  // the master's destructors too, and closed (in the space) a descriptor of
+  // its own with the lock's number, and freed the path the master later
+  // saved to, once a dlopen had reused its bytes (a review, December 8).
+  static fs::ImageLock& s_lock = *new fs::ImageLock;
   if (image && *image && !s_lock.take(image, &why).ok()) {
     fprintf(stderr, "detux: %s\n", why.c_str());
     exit(2);
@@ -202,11 +206,12 @@ void fs_master_init() {
   }
   g_ready = true;
   if (image && *image) {
-    static std::string s_image = image;
+    static const std::string& s_image = *new std::string(image);
     atexit([] {
       if (g_in_space) return;  // spaces run the master's atexit list too
       std::string why;
-      if (!fs::save(g_fs, s_image, &why, &s_lock).ok()) {
+      const std::string path = s_image;
+      if (!fs::save(g_fs, path, &why, &s_lock).ok()) {
         // The run's file changes are lost: it must not look like a success.
         // (Registered at start-up, this handler runs after the program's.)
         fprintf(stderr, "detux: could not save the file system to %s: %s\n", s_image.c_str(),
