@@ -25,6 +25,9 @@
  *   exec_hostile fstat-memfd   fstat of fd 3 (the memfd holding the space
  *                        filter): its times are its creation time and its
  *                        inode a counter: 24 if both read as fixed, 25 if not
+ *   exec_hostile birth-deaf    the same, with its filter also answering
+ *                        seccomp itself (ERRNO 0), so that the master's
+ *                        own filter would not go on: its birth must fault
  *   exec_hostile birth-loose   stacks, instead of the space filter, one that
  *                        marks the detux call and allows everything else,
  *                        then maps a shared page: that call must fault */
@@ -80,14 +83,17 @@ int main(int argc, char** argv) {
     int r = birth(NULL);
     return r ? r : 20;
   }
-  if (!strcmp(what_of(argc, argv), "birth-loose")) {
+  if (!strcmp(what_of(argc, argv), "birth-loose") || !strcmp(what_of(argc, argv), "birth-deaf")) {
+    const int deaf = !strcmp(what_of(argc, argv), "birth-deaf");
     struct sock_filter loose[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0xde7, 0, 1),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRACE | 1 /* kSeccompCall */),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, deaf ? __NR_seccomp : 0xde8, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | 0),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
-    struct sock_fprog fp = {4, loose};
+    struct sock_fprog fp = {6, loose};
     close(3); /* as the runtime does: no descriptor may stay open */
     int r = birth(&fp);
     if (r) return r;

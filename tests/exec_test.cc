@@ -261,7 +261,7 @@ TEST(Exec, AHostileImageWithoutTheRuntimeCannotReachTheHost) {
     std::printf("HOST HOLE: rdtsc does not fault on this machine; the \"tsc\" mode is left out\n");
   std::vector<const char*> modes = {"read",        "vdso",         "create",       "overwrite",
                                     "time",        "write",        "filter-deny",  "filter-allow",
-                                    "birth-shared", "birth-loose", "cwd-stat", "fstat-memfd"};
+                                    "birth-shared", "birth-loose", "cwd-stat", "fstat-memfd", "birth-deaf"};
   if (tsc_trapped) modes.insert(modes.begin() + 2, "tsc");
   std::string victim = "/tmp/detux-exec-victim-" + std::to_string(getpid());
   unlink(victim.c_str());
@@ -295,7 +295,8 @@ TEST(Exec, AHostileImageWithoutTheRuntimeCannotReachTheHost) {
                 "birth-shared: child 1 killed by signal 4\n"  // refused at its birth
                 "birth-loose: child 1 killed by signal 31\n"  // its shared mmap
                 "cwd-stat: child 1 exited 23\n"
-                "fstat-memfd: child 1 exited 24\n");
+                "fstat-memfd: child 1 exited 24\n"
+                "birth-deaf: child 1 killed by signal 4\n");  // refused at its birth
 }
 
 // A thread (a dfork on a snapshot) that execs has no snapshot of its new

@@ -368,6 +368,15 @@ bool has_shared_mapping(pid_t pid) {
   return !text.eof();
 }
 
+// How many seccomp filters pid has (/proc/PID/status), -1 if unknown.
+long seccomp_filters(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.starts_with("Seccomp_filters:")) return std::strtol(line.c_str() + 16, nullptr, 10);
+  return -1;
+}
+
 // Whether pid holds any open descriptor.
 bool has_descriptor(pid_t pid) {
   DIR* d = opendir(("/proc/" + std::to_string(pid) + "/fd").c_str());
@@ -399,7 +408,12 @@ Status PtraceMachine::confine_born(Proc* p, uint64_t scratch, size_t len) {
   };
   DETUX_TRY(call(SYS_prctl, PR_SET_TSC, PR_TSC_SIGSEGV, 0));
   if (confine::cpuid_faulting_supported()) DETUX_TRY(call(SYS_arch_prctl, ARCH_SET_CPUID, 0, 0));
-  return call(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, static_cast<long>(fprog_at));
+  // A filter of the program's own may answer seccomp itself (ERRNO 0): the
+  // injected call then "succeeds" with nothing installed.  The count says.
+  const long before = seccomp_filters(p->pid);
+  DETUX_TRY(call(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, static_cast<long>(fprog_at)));
+  if (before < 0 || seccomp_filters(p->pid) != before + 1) return Err{-EPERM};
+  return ok_status();
 }
 
 // Let through what a dynamic loader and a C runtime's start-up need; answer
