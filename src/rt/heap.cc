@@ -491,7 +491,7 @@ void heap_child_start(Extent e) {
   if (e.size()) gp->free[0] = e;
   for (FreeList& f : gp->cls) f = FreeList{};
   gp->deferred = gp->ndeferred = gp->deferred_cap = 0;
-  gp->committed = gp->live = 0;
+  gp->committed = gp->live = gp->kept = 0;
   gp->limited = true;
 }
 
@@ -514,7 +514,7 @@ uint64_t* deferred_list(const HeapState& child, Extent e, uint64_t* n) {
 // on.  The deferred frees (`list`, n entries) are done first (none inside
 // e: e is free).
 bool join_wholly_free(const HeapState& child, Extent e, const uint64_t* list, uint64_t n) {
-  if (child.live != (list ? 1u : 0u) || e.lo >= e.hi) return false;
+  if (child.live != (list ? 1u : 0u) || child.kept != 0 || e.lo >= e.hi) return false;
   for (uint64_t i = 0; i < n; ++i)
     if (!e.holds(list[i], list[i] + 1)) free_locked(reinterpret_cast<void*>(list[i]));
   give_back(e.lo, e.hi, false);
@@ -533,6 +533,7 @@ void heap_join(const HeapState& child, Extent e) {
   uint64_t* list = deferred_list(child, e, &n);
   if (join_wholly_free(child, e, list, n)) return;
   gp->live += child.live;  // its blocks are the parent's to free now
+  gp->kept += child.kept;  // and so are those it kept extents for
   for (int i = 0; i < child.nfree && i < kMaxIntervals; ++i)
     if (e.holds(child.free[i].lo, child.free[i].hi)) give_back(child.free[i].lo, child.free[i].hi, false);
   gp->committed += child.committed;
@@ -557,7 +558,7 @@ void heap_give_back(Extent e) {
 void heap_keep(Extent e) {
   if (e.size() == 0) return;
   Lock l(g_prog);
-  ++gp->live;
+  ++gp->kept;
 }
 
 void heap_reserve() {

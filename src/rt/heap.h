@@ -65,6 +65,7 @@ struct HeapState {
   uint64_t ndeferred = 0, deferred_cap = 0;
   uint64_t committed = 0;          // bytes carved and not given back
   uint64_t live = 0;               // blocks of `own` given out and not freed
+  uint64_t kept = 0;               // children's extents kept for blocks merged from them (heap_keep)
   uint64_t limit = 16ULL << 30;    // most bytes this space may hold
   bool limited = false;            // the master is not limited
 };
@@ -105,9 +106,9 @@ void heap_join(const HeapState& child, Extent e);
 void heap_give_back(Extent e);
 // parent: the extent of a child whose heap never reached the parent, but
 // from which a merge (a barrier's) may have handed the parent blocks.  It is
-// never reused, and it counts as one live block of the parent's, so that
-// the parent's own extent cannot come back whole at its join while those
-// blocks are held.
+// never reused, and it is counted (`kept`, apart from `live`, which frees
+// of those blocks lower), so that the parent's own extent never comes back
+// whole at its join while they may be held.
 void heap_keep(Extent e);
 void heap_set_limit(uint64_t bytes);
 // A program exec'd in a space: its heap is the whole region, as a master's,
