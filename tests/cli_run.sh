@@ -3,8 +3,9 @@
 #  - its options stop at PROGRAM: PROGRAM's own options are PROGRAM's, and a
 #    repeated --env or --image never takes PROGRAM as one more value (both
 #    did, under CLI11's list options, until a review on December 8);
-#  - a TERM sent to the tool reaches PROGRAM, and a tool killed with KILL
-#    takes PROGRAM with it (it used to run on, orphaned);
+#  - a TERM sent to the tool reaches PROGRAM, a terminal's INT (sent to the
+#    whole group) reaches it once, and a tool killed with KILL takes
+#    PROGRAM with it (it used to run on, orphaned);
 #  - a run whose --fs image cannot be saved exits 74, not 0, and one whose
 #    space calls exit() saves its files where it was asked to.
 #   cli_run.sh BUILD_DIR
@@ -34,6 +35,18 @@ kill -TERM "$tool"
 rc=0; wait "$tool" || rc=$?
 [ "$rc" = 3 ] && grep -q "got TERM" out || fail "TERM was not forwarded: rc $rc, $(cat out)"
 
+# INT to the whole process group (a terminal's Ctrl-C): PROGRAM gets it
+# once, and the tool waits for PROGRAM instead of dying of it.
+set -m  # the job gets a process group of its own
+"$detux" run /bin/sh -c 'n=0; trap "n=\$((n+1))" INT; echo ready
+  for i in 1 2 3 4 5 6 7 8 9 10; do sleep 0.05; done; echo "INTs: $n"' >out 2>/dev/null &
+tool=$!
+set +m
+for _ in $(seq 100); do grep -q ready out 2>/dev/null && break; sleep 0.05; done
+kill -INT -- "-$tool"
+rc=0; wait "$tool" || rc=$?
+[ "$rc" = 0 ] && grep -q "INTs: 1" out || fail "a group's INT: rc $rc, $(cat out)"
+
 # KILL to the tool: PROGRAM dies with it.
 "$detux" run /bin/sh -c 'echo $$ > pid; while :; do sleep 0.05; done' 2>/dev/null &
 tool=$!
@@ -41,8 +54,9 @@ for _ in $(seq 100); do [ -s pid ] && break; sleep 0.05; done
 program=$(cat pid)
 kill -KILL "$tool"
 wait "$tool" 2>/dev/null || true
-for _ in $(seq 100); do kill -0 "$program" 2>/dev/null || break; sleep 0.05; done
-if kill -0 "$program" 2>/dev/null; then kill -KILL "$program"; fail "PROGRAM outlived a killed tool"; fi
+alive() { [ -e "/proc/$1" ] && ! grep -q '^State:.Z' "/proc/$1/status" 2>/dev/null; }
+for _ in $(seq 100); do alive "$program" || break; sleep 0.05; done
+if alive "$program"; then kill -KILL "$program"; fail "PROGRAM outlived a killed tool"; fi
 # A run whose file system cannot be saved fails (it exited 0, its changes lost).
 rc=0; "$detux" run --fs "$work/no-such-dir/fs.img" "$build/examples/hello/hello" >/dev/null 2>err || rc=$?
 [ "$rc" = 74 ] && grep -q "could not save" err || fail "an unsaved file system: rc $rc, $(cat err)"
@@ -55,4 +69,4 @@ for run in 1 2; do
   [ "$got" = "join 0" ] || fail "fs_exit run $run: $got"
 done
 [ "$("$detux" fs cat "$img" /out.txt)" = "written by the space" ] || fail "the saved image lacks /out.txt"
-echo "cli: 10 passed, 0 failed"
+echo "cli: 11 passed, 0 failed"

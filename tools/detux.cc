@@ -87,13 +87,22 @@ void warn_of_holes() {
 
 // The signals that ask a job to stop go on to PROGRAM, whose own handling
 // (det_allow_signals, its atexit save of the file system) then decides.
+// TERM and HUP, when a process sent them (kill): the kernel's own (a hang-up)
+// and a terminal's INT and QUIT reach the whole process group, PROGRAM
+// included, and must not arrive twice, so those are never forwarded; nor may
+// they end the tool, whose death would kill PROGRAM (PDEATHSIG) before it
+// had handled them: the tool ignores them and waits.
 pid_t g_program = 0;
 void forward_signals_to(pid_t pid) {
   g_program = pid;
   struct sigaction sa {};
-  sa.sa_handler = [](int sig) { kill(g_program, sig); };
-  sa.sa_flags = SA_RESTART;
-  for (int sig : {SIGHUP, SIGINT, SIGQUIT, SIGTERM}) sigaction(sig, &sa, nullptr);
+  sa.sa_sigaction = [](int sig, siginfo_t* si, void*) {
+    if (si->si_code == SI_USER || si->si_code == SI_QUEUE) kill(g_program, sig);
+  };
+  sa.sa_flags = SA_RESTART | SA_SIGINFO;
+  for (int sig : {SIGHUP, SIGTERM}) sigaction(sig, &sa, nullptr);
+  signal(SIGINT, SIG_IGN);
+  signal(SIGQUIT, SIG_IGN);
 }
 
 int run(const std::vector<std::string>& cmd, bool trace, const std::vector<std::string>& extra) {

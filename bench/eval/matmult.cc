@@ -57,8 +57,9 @@ int32_t entry(const int32_t* a, const int32_t* b, long n, long i, long j) {
 
 // Freivalds' check, in O(n^2): C r == A (B r) for a vector r of odd numbers,
 // in arithmetic mod 2^32 (as the product's own int32 sums wrap).  An odd
-// multiplier is a unit mod 2^32, so any one wrong entry of C, or any lost
-// row or block, changes C r: no entry goes unchecked at any size.
+// multiplier is a unit mod 2^32, so any one wrong entry of C changes C r,
+// and so does a lost row or block unless its errors cancel mod 2^32 (two of
+// 2^31 in one row would): every entry is checked, at every size.
 bool product_holds(const int32_t* a, const int32_t* b, const int32_t* c, long n) {
   std::vector<uint32_t> r(n), br(n, 0), abr(n, 0), cr(n, 0);
   eval::Rng rng(7);

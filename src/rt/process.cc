@@ -14,8 +14,9 @@
 // needs nothing: exit_group is allowed in spaces.  vfork is fork (POSIX
 // allows it; a space's memory is its own anyway), in the master too: a
 // wrapper cannot share its caller's stack as vfork does.  waitid reports in
-// a siginfo_t what waitpid reports in a status (WNOWAIT, which would leave
-// the child to be waited for again, is EINVAL).  posix_spawn is fork + exec
+// a siginfo_t what waitpid reports in a status, as waitpid does: WNOHANG
+// ignored, P_PGID taken as P_ALL, and WNOWAIT (which would leave the child
+// to be waited for again) EINVAL.  posix_spawn is fork + exec
 // with neither file actions nor attributes (else ENOSYS), and a child whose
 // exec fails exits 127, as the shell reports a command it cannot run.
 //
