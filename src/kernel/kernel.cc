@@ -306,7 +306,12 @@ void Kernel::forget_subtree(Space& s) {
 void Kernel::serve_stopped() {
   WaitPolicy pol;
   pol.poll = true;
-  for (auto ev = m_.next_event(pol); ev.ok(); ev = m_.next_event(pol)) handle(*ev);
+  // A bounded number: busy spaces could otherwise keep a poll from returning.
+  int n = 0;
+  for (auto ev = m_.next_event(pol); ev.ok(); ev = m_.next_event(pol)) {
+    handle(*ev);
+    if (++n == 256) break;
+  }
 }
 
 long Kernel::wait_stopped(Space& child) {
