@@ -406,6 +406,10 @@ Status PtraceMachine::confine_born(Proc* p, uint64_t scratch, size_t len) {
     auto r = inject(p, nr, args);
     return r.ok() && *r == 0 ? ok_status() : Status(Err{-EPERM});
   };
+  // Both traps are on already: rdtsc's since the helper (Linux keeps it
+  // across execve), cpuid's since the exec stop, and the load filter lets no
+  // call turn either off.  These two say so again, and a filter of the
+  // program's own could answer them itself (ERRNO 0) without harm.
   DETUX_TRY(call(SYS_prctl, PR_SET_TSC, PR_TSC_SIGSEGV, 0));
   if (confine::cpuid_faulting_supported()) DETUX_TRY(call(SYS_arch_prctl, ARCH_SET_CPUID, 0, 0));
   // A filter of the program's own may answer seccomp itself (ERRNO 0): the
