@@ -163,7 +163,11 @@ long console_read(void* buf, size_t len) {
 long console_collect(det_child_t child, const RtState& crt) {
   const uint64_t len = crt.out.len;
   if (len == 0) return 0;
-  uint8_t small[4096];
+  // Not on the stack: a 4 KiB frame took the master's join path deeper, and
+  // a space born after it then found, under load, bytes that differed from
+  // run to run below its stack (DeadStack, in the sanitizer build).  Used
+  // only when the heap cannot give the window.
+  static uint8_t small[4096];
   uint64_t cap = std::min<uint64_t>(len, 64 << 10);
   auto* window = static_cast<uint8_t*>(heap_alloc(cap));
   if (!window) window = small, cap = sizeof small;
