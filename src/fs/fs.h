@@ -210,7 +210,6 @@ class ImageLock {
   // image that does not exist yet holds nothing.  Says on stderr that it
   // waits.
   Status take(const std::string& path, std::string* why = nullptr);
-  bool held() const { return fd_ >= 0; }
 
  private:
   friend class ImageIo;

@@ -172,12 +172,18 @@ uint64_t described_length(const Header& h) {
          kBlockSize * (h.inode_blocks_saved + h.data_blocks_saved);
 }
 
-// The same, for the image file open on fd; 0 if its header is unsound.
+// The header of the image file open on fd, in *h, and what is wrong with
+// it ("" if nothing).  The caller has checked have_crc().
+std::string header_of(int fd, Header* h) {
+  if (::pread(fd, h, sizeof *h, 0) != static_cast<ssize_t>(sizeof *h))
+    return "truncated image: no complete header";
+  return header_problem(*h);
+}
+
+// described_length for the image file open on fd; 0 if its header is unsound.
 uint64_t described_length(int fd) {
   Header h{};
-  if (::pread(fd, &h, sizeof h, 0) != static_cast<ssize_t>(sizeof h)) return 0;
-  if (!have_crc(nullptr) || !header_problem(h).empty()) return 0;
-  return described_length(h);
+  return have_crc(nullptr) && header_of(fd, &h).empty() ? described_length(h) : 0;
 }
 
 class ImageIo {
@@ -445,11 +451,10 @@ Result<uint64_t> image_region_bytes(const std::string& path, std::string* why) {
     if (why) *why = std::strerror(errno);
     return Err{-errno};
   }
+  if (!have_crc(why)) return ::close(fd), Err{-ENOSYS};
   Header h{};
-  ssize_t n = ::pread(fd, &h, sizeof h, 0);
+  const std::string problem = header_of(fd, &h);
   ::close(fd);
-  if (!have_crc(why)) return Err{-ENOSYS};
-  std::string problem = n == static_cast<ssize_t>(sizeof h) ? header_problem(h) : "truncated image: no complete header";
   if (!problem.empty()) {
     if (why) *why = problem;
     return Err{-EINVAL};

@@ -53,6 +53,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <algorithm>
 #include <climits>
 #include <optional>
 #include <set>
@@ -353,19 +354,10 @@ bool opens_read_only(long flags) {
   return (flags & (O_ACCMODE | O_CREAT | O_TRUNC | O_APPEND | __O_TMPFILE)) == 0;
 }
 
-// Whether pid has a shared mapping (which a child space would share).
-bool has_shared_mapping(pid_t pid) {
-  const std::string path = "/proc/" + std::to_string(pid) + "/maps";
-  OwnedFd maps{open(path.c_str(), O_RDONLY | O_CLOEXEC)};
-  if (maps.fd < 0) return true;
-  Vma v;
-  const VmaAnswer a = vma_at_or_after(maps.fd, 0, kVmaShared, &v);
-  if (a != VmaAnswer::kUnsupported) return a == VmaAnswer::kFound;
-  std::ifstream text(path);  // before Linux 6.11: "start-end rwxs ..."
-  std::string range, perms, rest;
-  while (text >> range >> perms && std::getline(text, rest))
-    if (perms.size() == 4 && perms[3] == 's') return true;
-  return !text.eof();
+// Whether p has a shared mapping (which a child space would share).
+bool has_shared_mapping(Proc* p) {
+  auto maps = vmas_in(p, MemRange{0, uint64_t{1} << 47});
+  return !maps.ok() || std::any_of(maps->begin(), maps->end(), [](const Vma& v) { return v.shared; });
 }
 
 // How many seccomp filters pid has (/proc/PID/status), -1 if unknown.
@@ -390,7 +382,7 @@ bool has_descriptor(pid_t pid) {
 }  // namespace
 
 Status PtraceMachine::confine_born(Proc* p, uint64_t scratch, size_t len) {
-  if (has_shared_mapping(p->pid) || has_descriptor(p->pid)) return Err{-EPERM};
+  if (has_shared_mapping(p) || has_descriptor(p->pid)) return Err{-EPERM};
   // The filter and its sock_fprog in the program's own memory, where the
   // seccomp call injected through its gadget (which inject checks) reads it.
   const auto& sf = space_filter();

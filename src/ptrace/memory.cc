@@ -151,6 +151,8 @@ int cached_proc(pid_t pid, const char* name, int* slot) {
 
 int open_maps(Proc* p) { return cached_proc(p->pid, "maps", &p->maps_fd); }
 
+}  // namespace
+
 // The mappings that meet r, in order: asked one by one (PROCMAP_QUERY), or
 // read from the text of /proc/PID/maps on older kernels.
 Result<std::vector<Vma>> vmas_in(Proc* p, MemRange r) {
@@ -173,6 +175,8 @@ Result<std::vector<Vma>> vmas_in(Proc* p, MemRange r) {
   }
   return out;
 }
+
+namespace {
 
 int open_pagemap(Proc* p) { return cached_proc(p->pid, "pagemap", &p->pagemap_fd); }
 

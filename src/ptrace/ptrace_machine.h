@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "kernel/machine.h"
+#include "ptrace/vma.h"
 #include "util/page_buffer.h"
 
 namespace detux {
@@ -93,6 +94,8 @@ inline bool is_event(int status, int event) { return (status >> 8) == (SIGTRAP |
 
 // The seccomp program every space runs under (confine/filter.h), built once.
 const std::vector<sock_filter>& space_filter();
+// The mappings of p that meet r, in order (memory.cc).
+Result<std::vector<Vma>> vmas_in(Proc* p, MemRange r);
 // Once, as the master's machine is made: what every birth needs prepared
 // (spawn.cc).
 void prepare_births();

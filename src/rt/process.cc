@@ -1,7 +1,8 @@
 // process.cc: fork, wait and waitpid inside spaces, as in Determinator.
 //
 // libdetux exports fork, vfork, wait, waitpid, wait4, waitid, posix_spawn
-// and posix_spawnp, so a program's own calls reach these first.  In the master they are the C library's, untouched:
+// and posix_spawnp, so a program's own calls reach these first.  In the
+// master they are the C library's, untouched (but vfork, below):
 // legacy code there keeps real Linux processes.  In a space, a process is a
 // child space that never merges memory: fork() takes the lowest free id
 // (from 1) as the child's pid and forks with Put/Fork (no snapshot: a
